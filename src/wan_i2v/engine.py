@@ -1,0 +1,305 @@
+"""The Wan2.2 I2V-A14B diffusers pipeline: find the weights, load once, generate frames per job.
+
+`generate` follows the steps of diffusers' WanImageToVideoPipeline.__call__ with two changes that
+matter to a service: each expert's guidance is honoured on its own (diffusers decides classifier-free
+guidance from the high-noise scale alone, so `guidance_scale=1, guidance_scale_2=3.5` would silently
+drop guidance, and a scale of 1 would still pay for the unconditional pass), and every phase is
+timed and reported. The engine knows nothing of buckets, jobs or HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ModelNotFoundError, OutOfMemoryError
+
+log = logging.getLogger(__name__)
+
+# Component folders of the diffusers layout and the files each must hold.
+REQUIRED_COMPONENTS = {
+    "transformer": ("config.json", "*.safetensors"),
+    "transformer_2": ("config.json", "*.safetensors"),
+    "text_encoder": ("config.json", "*.safetensors"),
+    "vae": ("config.json", "*.safetensors"),
+    "tokenizer": ("tokenizer_config.json",),
+    "scheduler": ("scheduler_config.json",),
+}
+HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
+TEXT_TOKENS = 512  # Wan2.2 text_len
+
+# Receives progress events: {"phase": "text_encode" | "condition_encode" | "vae_decode"}, and
+# {"phase": "denoise", "step": i, "total_steps": n, "expert": "high_noise" | "low_noise"} per step.
+ProgressCallback = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    steps: int
+    guidance_scale: float
+    guidance_scale_2: float
+    shift: float
+    seed: int
+
+
+@dataclass
+class Generated:
+    frames: np.ndarray  # (num_frames, height, width, 3) uint8 RGB
+    timings: dict[str, float] = field(default_factory=dict)
+    experts: list[str] = field(default_factory=list)  # the expert that ran each step
+
+
+def missing_parts(path: Path) -> list[str]:
+    """What a diffusers Wan2.2 I2V folder lacks; empty when complete."""
+    missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
+    for component, patterns in REQUIRED_COMPONENTS.items():
+        for pattern in patterns:
+            if not any((path / component).glob(pattern)):
+                missing.append(f"{component}/{pattern}")
+    return missing
+
+
+def resolve_model(model: str) -> Path:
+    """A local diffusers folder for `model`: a directory, or a hub id already in the local HF cache.
+
+    Never downloads. Raises ModelNotFoundError saying what was looked for and how to bake it.
+    """
+    bake = (
+        "Bake the weights into the image (docker build --build-arg WAN_MODEL=...), run "
+        "`python builder/fetch_weights.py --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --dest DIR` where a "
+        "network is available, or for a CPU test `python builder/tiny_model.py DIR`; then set WAN_MODEL=DIR."
+    )
+    candidate = Path(model).expanduser()
+    if candidate.is_dir():
+        path, where = candidate, f"directory {candidate.resolve()}"
+    elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            path = Path(snapshot_download(repo_id=model, local_files_only=True))
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+            raise ModelNotFoundError(
+                f"WAN_MODEL={model!r}: not a directory, and hub id {model!r} has no snapshot in the local "
+                f"Hugging Face cache ({constants.HF_HUB_CACHE}). Nothing is downloaded at run time. {bake}"
+            ) from None
+        where = f"cached snapshot {path}"
+    else:
+        raise ModelNotFoundError(f"WAN_MODEL={model!r}: no such directory. {bake}")
+    missing = missing_parts(path)
+    if missing:
+        raise ModelNotFoundError(
+            f"WAN_MODEL={model!r} ({where}) is not a complete Wan2.2 I2V diffusers pipeline; missing: "
+            f"{', '.join(missing)}. {bake}"
+        )
+    return path
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_placement(device: torch.device, requested: str = "auto") -> str:
+    """'resident' keeps every model on the GPU; 'model_offload' moves each to the GPU only while it runs.
+
+    All of Wan2.2 I2V-A14B resident takes 64.5 GiB before a job and runs out of memory at 720p on an
+    80 GB GPU (BASELINE.md), so 'auto' keeps it resident only on GPUs of at least 100 GiB.
+    """
+    if requested != "auto":
+        if requested not in ("resident", "model_offload"):
+            raise ValueError(f"WAN_PLACEMENT={requested!r}; allowed: auto, resident, model_offload")
+        return requested
+    if device.type != "cuda":
+        return "resident"
+    total = torch.cuda.get_device_properties(device).total_memory
+    return "resident" if total >= 100 * 1024**3 else "model_offload"
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = round(time.perf_counter() - start, 3)
+
+
+class Engine:
+    """One loaded pipeline. Built once per worker; `generate` keeps no state between jobs."""
+
+    def __init__(self, pipe, device: torch.device, placement: str, model: str, load_seconds: float):
+        self.pipe = pipe
+        self.device = device
+        self.placement = placement
+        self.model = model
+        self.load_seconds = load_seconds
+
+    @classmethod
+    def load(cls, model: str, device: str | None = None, placement: str = "auto") -> "Engine":
+        import diffusers
+        import transformers
+        from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+        start = time.perf_counter()
+        path = resolve_model(model)
+        target = pick_device(device)
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+        # The VAE stays in fp32, as Wan2.2 and the diffusers examples run it.
+        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=torch.float32)
+        pipe = WanImageToVideoPipeline.from_pretrained(path, vae=vae, dtype=dtype)
+        if pipe.transformer is None or pipe.transformer_2 is None or pipe.config.boundary_ratio is None:
+            raise ModelNotFoundError(
+                f"WAN_MODEL={model!r} is not a two-expert Wan2.2 I2V pipeline (needs transformer, "
+                "transformer_2 and boundary_ratio)"
+            )
+        if "flow_shift" not in pipe.scheduler.config:
+            raise ModelNotFoundError(f"WAN_MODEL={model!r}: scheduler {type(pipe.scheduler).__name__} has no flow_shift")
+        pipe.set_progress_bar_config(disable=True)
+        chosen = pick_placement(target, placement)
+        if chosen == "model_offload":
+            pipe.enable_model_cpu_offload(device=target)
+        else:
+            pipe.to(target)
+        seconds = time.perf_counter() - start
+        log.info("loaded %s on %s (%s, %s) in %.1f s", model, target, dtype, chosen, seconds)
+        return cls(pipe, target, chosen, model, seconds)
+
+    @property
+    def boundary_timestep(self) -> float:
+        return self.pipe.config.boundary_ratio * self.pipe.scheduler.config.num_train_timesteps
+
+    def expert_plan(self, steps: int, shift: float) -> list[str]:
+        """Which expert runs each step: high-noise while t >= boundary, then low-noise."""
+        scheduler = self._scheduler(shift)
+        scheduler.set_timesteps(steps, device="cpu")
+        return [HIGH_NOISE if t >= self.boundary_timestep else LOW_NOISE for t in scheduler.timesteps]
+
+    def _scheduler(self, shift: float):
+        # A fresh scheduler per job: schedulers keep step state, and the shift is a job input.
+        return type(self.pipe.scheduler).from_config(self.pipe.scheduler.config, flow_shift=shift)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        params: GenerationParams,
+        image: Image.Image,
+        last_image: Image.Image | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Generated:
+        try:
+            return self._generate(params, image, last_image, on_progress or (lambda event: None))
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemoryError(
+                f"the GPU ran out of memory at {params.width}x{params.height}, {params.num_frames} frames; "
+                "this worker will be replaced. Try 480p or fewer frames."
+            ) from exc
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _generate(self, p: GenerationParams, image, last_image, report: ProgressCallback) -> Generated:
+        pipe, timings = self.pipe, {}
+        device = pipe._execution_device
+        transformer_dtype = pipe.transformer.dtype
+        guidance = {HIGH_NOISE: p.guidance_scale, LOW_NOISE: p.guidance_scale_2}
+        experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
+
+        # 1. Encode the prompt, and the negative prompt only if some expert uses guidance.
+        scheduler = self._scheduler(p.shift)
+        scheduler.set_timesteps(p.steps, device=device)
+        plan = [HIGH_NOISE if t >= self.boundary_timestep else LOW_NOISE for t in scheduler.timesteps]
+        needs_negative = any(guidance[e] > 1.0 for e in set(plan))
+        report({"phase": "text_encode"})
+        with _timed(timings, "text_encode", self.device):
+            prompt_embeds, negative_embeds = pipe.encode_prompt(
+                prompt=p.prompt,
+                negative_prompt=p.negative_prompt,
+                do_classifier_free_guidance=needs_negative,
+                max_sequence_length=TEXT_TOKENS,
+                device=device,
+            )
+            prompt_embeds = prompt_embeds.to(transformer_dtype)
+            if negative_embeds is not None:
+                negative_embeds = negative_embeds.to(transformer_dtype)
+
+        # 2. Noise and the conditioning latents (first frame, optional last frame, mask).
+        generator = torch.Generator("cpu").manual_seed(p.seed)  # same noise on any device
+        report({"phase": "condition_encode"})
+        with _timed(timings, "condition_encode", self.device):
+            first = pipe.video_processor.preprocess(image, height=p.height, width=p.width)
+            last = None
+            if last_image is not None:
+                last = pipe.video_processor.preprocess(last_image, height=p.height, width=p.width)
+                last = last.to(device, dtype=torch.float32)
+            latents, condition = pipe.prepare_latents(
+                first.to(device, dtype=torch.float32),
+                1,
+                pipe.vae.config.z_dim,
+                p.height,
+                p.width,
+                p.num_frames,
+                torch.float32,
+                device,
+                generator,
+                None,
+                last,
+            )
+
+        # 3. Denoise: each step runs the expert its timestep belongs to.
+        with _timed(timings, "denoise", self.device):
+            for index, (t, expert) in enumerate(zip(scheduler.timesteps, plan)):
+                model, scale = experts[expert], guidance[expert]
+                model_input = torch.cat([latents, condition], dim=1).to(transformer_dtype)
+                timestep = t.expand(latents.shape[0])
+                noise = model(
+                    hidden_states=model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=prompt_embeds,
+                    return_dict=False,
+                )[0]
+                if scale > 1.0:
+                    uncond = model(
+                        hidden_states=model_input,
+                        timestep=timestep,
+                        encoder_hidden_states=negative_embeds,
+                        return_dict=False,
+                    )[0]
+                    noise = uncond + scale * (noise - uncond)
+                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                report({"phase": "denoise", "step": index + 1, "total_steps": len(plan), "expert": expert})
+
+        # 4. Decode the latents to frames.
+        report({"phase": "vae_decode"})
+        with _timed(timings, "vae_decode", self.device):
+            frames = self._decode(latents)
+        pipe.maybe_free_model_hooks()
+        return Generated(frames=frames, timings=timings, experts=plan)
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        vae_device = self.pipe._execution_device if self.placement == "model_offload" else vae.device
+        latents = latents.to(vae_device, dtype=vae.dtype)
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
+        std = torch.tensor(vae.config.latents_std).view(shape).to(latents)
+        video = vae.decode(latents * std + mean, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+        frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return frames.permute(1, 2, 3, 0).cpu().numpy()
+

@@ -1,0 +1,29 @@
+"""Errors that cross module boundaries. The worker turns each into a job `error`."""
+
+
+class JobError(Exception):
+    """A job that cannot be done; the message is shown to the caller as the job's `error`.
+
+    `refresh_worker` asks RunPod to replace this worker after the job, for states the worker
+    can no longer trust (CUDA out of memory, an unexpected failure inside the model).
+    """
+
+    refresh_worker = False
+
+
+class InputError(JobError):
+    """The caller's input is wrong: the message names the field and what is allowed."""
+
+
+class StorageError(JobError):
+    """The finished video could not be stored or returned."""
+
+
+class OutOfMemoryError(JobError):
+    """The GPU ran out of memory; the worker asks to be replaced."""
+
+    refresh_worker = True
+
+
+class ModelNotFoundError(Exception):
+    """The model weights are not on disk. Raised at cold start, never per job."""

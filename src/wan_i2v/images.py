@@ -1,0 +1,193 @@
+"""Image intake: a job's `image` string (URL, base64 or data URI) to an RGB picture of the output size.
+
+Knows nothing of the model. Every problem is an InputError that names the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import re
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+import requests
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import __version__
+from .errors import InputError
+from .schema import RESOLUTION_AREAS
+
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000
+FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF"}
+ALLOWED_FORMATS = ", ".join(FORMATS.values())
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 20.0
+TOTAL_TIMEOUT_S = 60.0
+MAX_REDIRECTS = 3
+MAX_ASPECT_RATIO = 4.0  # longer side over shorter side
+SIDE_MULTIPLE = 16  # VAE stride 8 x transformer patch 2
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+(=[\w.+-]+)?)*),(?P<data>.*)$", re.S)
+
+
+def load_image(field: str, value: str) -> Image.Image:
+    """Read, decode and normalise one image: RGB, EXIF orientation applied, alpha on white."""
+    return decode_image(field, read_source(field, value))
+
+
+def read_source(field: str, value: str) -> bytes:
+    """The image bytes behind a job's image string."""
+    text = value.strip()
+    scheme = text.split(":", 1)[0].lower() if ":" in text[:12] else ""
+    if scheme in ("http", "https"):
+        return fetch_url(field, text)
+    if scheme == "data":
+        return _decode_data_uri(field, text)
+    if scheme:
+        raise InputError(f"{field}: URL scheme '{scheme}' is not allowed; allowed: http, https, data, or raw base64")
+    return _decode_base64(field, text)
+
+
+def shown_url(url: str) -> str:
+    """A URL for messages and logs: no query string or credentials (presigned URLs carry secrets there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def fetch_url(field: str, url: str) -> bytes:
+    """Download with connect/read/total timeouts, at most MAX_REDIRECTS redirects and a byte cap."""
+    where = shown_url(url)
+    deadline = time.monotonic() + TOTAL_TIMEOUT_S
+    with requests.Session() as session:
+        session.max_redirects = MAX_REDIRECTS
+        try:
+            with session.get(
+                url,
+                stream=True,
+                timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+                headers={"User-Agent": f"wan-i2v/{__version__}"},
+            ) as response:
+                if response.status_code != 200:
+                    raise InputError(f"{field}: downloading {where} failed with HTTP {response.status_code}")
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
+                    raise InputError(f"{field}: {where} is {int(declared)} bytes; {_size_limit()}")
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_IMAGE_BYTES:
+                        raise InputError(f"{field}: {where} is larger than allowed; {_size_limit()}")
+                    if time.monotonic() > deadline:
+                        raise InputError(f"{field}: downloading {where} took over {TOTAL_TIMEOUT_S:.0f} s")
+                return bytes(body)
+        except requests.TooManyRedirects:
+            raise InputError(f"{field}: {where} redirects more than {MAX_REDIRECTS} times") from None
+        except requests.Timeout:
+            raise InputError(
+                f"{field}: {where} did not answer in time (connect {CONNECT_TIMEOUT_S:.0f} s, "
+                f"read {READ_TIMEOUT_S:.0f} s)"
+            ) from None
+        except requests.RequestException as exc:
+            raise InputError(f"{field}: could not download {where} ({type(exc).__name__})") from None
+
+
+def _size_limit() -> str:
+    return f"images may be at most {MAX_IMAGE_BYTES // (1024 * 1024)} MB"
+
+
+def _decode_data_uri(field: str, text: str) -> bytes:
+    match = _DATA_URI.match(text)
+    if not match or not (match["mime"] or "").startswith("image/") or ";base64" not in match["params"]:
+        raise InputError(f"{field}: a data URI must look like data:image/png;base64,<data>")
+    return _decode_base64(field, match["data"])
+
+
+def _decode_base64(field: str, text: str) -> bytes:
+    compact = "".join(text.split())
+    if len(compact) * 3 // 4 > MAX_IMAGE_BYTES + 3:
+        raise InputError(f"{field}: the base64 image is larger than allowed; {_size_limit()}")
+    try:
+        data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(
+            f"{field}: not an http(s) URL, a data URI or valid base64; allowed: http(s) URL, "
+            "raw base64, or data:image/...;base64,"
+        ) from None
+    if not data:
+        raise InputError(f"{field}: the base64 data is empty")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InputError(f"{field}: the image is {len(data)} bytes; {_size_limit()}")
+    return data
+
+
+def decode_image(field: str, data: bytes) -> Image.Image:
+    """Identify the format by decoding (never by name or header), check the pixel count first."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InputError(f"{field}: not a readable image; allowed formats: {ALLOWED_FORMATS}") from None
+    if image.format not in FORMATS:
+        raise InputError(f"{field}: {image.format} images are not supported; allowed formats: {ALLOWED_FORMATS}")
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{field}: {width}x{height} is {width * height / 1e6:.1f} megapixels; "
+            f"at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are allowed"
+        )
+    try:
+        image.seek(0)  # animated GIF/WebP/PNG: the first frame
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{field}: the {FORMATS[image.format]} data is truncated or corrupt ({exc})") from None
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if values.max(initial=0) > 255:
+            values = values / 257.0  # 16-bit samples to 8-bit
+        image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), mode="L")
+    has_alpha = "A" in image.mode or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def output_size(width: int, height: int, resolution: str, field: str = "image") -> tuple[int, int]:
+    """(width, height) of the video: the image's aspect ratio at the resolution's area, sides multiples of 16.
+
+    Same rule as the official Wan2.2 code: each side is sqrt(area * its share of the aspect ratio),
+    floored to a multiple of 16. Integer arithmetic keeps 832x480 and 1280x720 exact.
+    """
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise InputError(
+            f"{field}: aspect ratio {width}x{height} ({ratio:.1f}:1) is too extreme; "
+            f"allowed: between 1:{MAX_ASPECT_RATIO:.0f} and {MAX_ASPECT_RATIO:.0f}:1"
+        )
+    area_w, area_h = RESOLUTION_AREAS[resolution]
+    area, step2 = area_w * area_h, SIDE_MULTIPLE * SIDE_MULTIPLE
+    out_w = SIDE_MULTIPLE * math.isqrt(area * width // (step2 * height))
+    out_h = SIDE_MULTIPLE * math.isqrt(area * height // (step2 * width))
+    return out_w, out_h
+
+
+def fit_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize to cover `size`, then centre-crop to it exactly."""
+    width, height = size
+    scale = max(width / image.width, height / image.height)
+    cover = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    resized = image.resize(cover, Image.Resampling.LANCZOS) if cover != image.size else image
+    left, top = (cover[0] - width) // 2, (cover[1] - height) // 2
+    return resized.crop((left, top, left + width, top + height))

@@ -1,0 +1,166 @@
+"""The job input: every field, its limits and its default, in one place.
+
+Validation, the README's input table (`python -m wan_i2v.schema`) and the error messages all
+come from `JobInput`, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InputError
+
+# Output area per resolution (width x height of a landscape frame); the video keeps the input
+# image's aspect ratio at about this many pixels, as the official Wan2.2 code does.
+RESOLUTION_AREAS = {"480p": (832, 480), "720p": (1280, 720)}
+
+# Wan2.2's own default negative prompt (wan/configs/shared_config.py, `sample_neg_prompt`).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+MAX_PROMPT_CHARS = 5000
+FRAME_MIN, FRAME_MAX = 17, 161
+SEED_MAX = 2**32 - 1
+IMAGE_FORMS = "an http(s) URL, raw base64, or a data:image/...;base64, URI (JPEG, PNG, WebP or GIF)"
+
+
+def valid_frame_counts() -> list[int]:
+    return list(range(FRAME_MIN, FRAME_MAX + 1, 4))
+
+
+class JobInput(BaseModel):
+    """One image-to-video job, as sent in a RunPod job's `input`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    image: str = Field(
+        min_length=1,
+        description="First frame of the video. At most 10 MB and 40 megapixels; EXIF orientation is applied, "
+        "transparency is flattened onto white, a GIF gives its first frame.",
+    )
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What should happen in the video.")
+    negative_prompt: str = Field(
+        WAN_NEGATIVE_PROMPT,
+        max_length=MAX_PROMPT_CHARS,
+        description="What to avoid. Default: Wan2.2's own negative prompt.",
+    )
+    resolution: Literal["480p", "720p"] = Field(
+        "480p",
+        description="Output area: 480p is 832x480, 720p is 1280x720. The video keeps the image's "
+        "aspect ratio at that area, each side a multiple of 16; the image is resized and centre-cropped.",
+    )
+    sample_steps: int = Field(30, ge=15, le=50, description="Denoising steps. More is slower and finer.")
+    frame_num: int = Field(
+        81, ge=FRAME_MIN, le=FRAME_MAX, description="Frames in the video; must be 4n+1 (81 is 5 s at 16 fps)."
+    )
+    fps: int = Field(16, ge=8, le=30, description="Playback rate of the MP4. Does not change the frames generated.")
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="Random seed. Absent means random; the seed used is always returned."
+    )
+    guidance_scale: float = Field(
+        3.5, ge=1.0, le=10.0, allow_inf_nan=False, description="Guidance of the high-noise expert (1 turns it off)."
+    )
+    guidance_scale_2: float = Field(
+        3.5, ge=1.0, le=10.0, allow_inf_nan=False, description="Guidance of the low-noise expert (1 turns it off)."
+    )
+    shift: float = Field(5.0, ge=1.0, le=20.0, allow_inf_nan=False, description="Flow-matching timestep shift.")
+    last_image: str | None = Field(
+        None, min_length=1, description="Optional last frame, for a video that ends on it; same forms and limits as `image`."
+    )
+    return_base64: bool = Field(
+        False,
+        description="Return the MP4 inline as a data:video/mp4;base64, URI in `video_url` instead of storing it. "
+        "Refused for videos over the inline cap (7 MB by default).",
+    )
+
+    @field_validator("frame_num")
+    @classmethod
+    def _four_n_plus_one(cls, value: int) -> int:
+        if (value - 1) % 4:
+            below = value - (value - 1) % 4
+            nearest = [n for n in (below, below + 4) if FRAME_MIN <= n <= FRAME_MAX]
+            raise ValueError(f"must be 4n+1; nearest valid: {' or '.join(map(str, nearest))}")
+        return value
+
+
+FIELD_NAMES = tuple(JobInput.model_fields)
+
+
+def allowed_values(name: str) -> str:
+    """Describe what a field accepts, from its annotation and constraints."""
+    info = JobInput.model_fields[name]
+    annotation = info.annotation
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(v) for v in get_args(annotation))
+    bounds = {type(m).__name__: m for m in info.metadata}
+    kind = {int: "integer", float: "number", bool: "true or false"}.get(annotation)
+    if annotation == int | None:
+        kind = "integer"
+    if kind in ("integer", "number") and "Ge" in bounds and "Le" in bounds:
+        text = f"{kind} from {bounds['Ge'].ge} to {bounds['Le'].le}"
+        if name == "frame_num":
+            text += " of the form 4n+1 (17, 21, ..., 81, ..., 161)"
+        return text
+    if kind:
+        return kind
+    if name in ("image", "last_image"):
+        return IMAGE_FORMS
+    return f"a string of at most {MAX_PROMPT_CHARS} characters"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(error: dict) -> str:
+    loc = error.get("loc") or ()
+    name = str(loc[0]) if loc else "input"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{name}: unknown field; allowed fields: {', '.join(FIELD_NAMES)}"
+    if kind == "missing":
+        return f"{name}: required; give {allowed_values(name)}"
+    problem = error["msg"].removeprefix("Value error, ")
+    return f"{name}: {_shown(error.get('input'))} is not allowed ({problem}); allowed: {allowed_values(name)}"
+
+
+def parse_job_input(raw: Any) -> JobInput:
+    """Validate a job's `input`; raise InputError naming every bad field."""
+    if not isinstance(raw, dict):
+        raise InputError(f"input: must be a JSON object with at least 'image', got {type(raw).__name__}")
+    try:
+        return JobInput.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError("; ".join(_message(e) for e in exc.errors())) from None
+
+
+def _default_text(name: str) -> str:
+    info = JobInput.model_fields[name]
+    if info.is_required():
+        return "required"
+    if name == "negative_prompt":
+        return "Wan2.2 default"
+    if info.default is None:
+        return "none" if name != "seed" else "random"
+    if isinstance(info.default, bool):
+        return f"`{str(info.default).lower()}`"
+    return f"`{info.default!r}`".replace("'", '"') if isinstance(info.default, str) else f"`{info.default}`"
+
+
+def markdown_table() -> str:
+    """The README's input table, generated from the schema."""
+    lines = ["| field | default | allowed | description |", "|---|---|---|---|"]
+    for name, info in JobInput.model_fields.items():
+        lines.append(f"| `{name}` | {_default_text(name)} | {allowed_values(name)} | {info.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

@@ -1,0 +1,119 @@
+"""The worker's settings, read once from the environment at cold start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+S3_CONFIG_KEYS = ("accessId", "accessSecret", "bucketName", "endpointUrl")
+
+
+class SettingsError(ValueError):
+    """An environment variable is missing or malformed; raised at cold start."""
+
+
+@dataclass(frozen=True)
+class BucketSettings:
+    """An S3-compatible bucket. RunPod's own variable names, plus BUCKET_NAME."""
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+    bucket_name: str
+    region: str = "us-east-1"
+    prefix: str = "wan-i2v/"
+    url_expiry_s: int = 24 * 3600
+    public_base_url: str | None = None
+    addressing_style: str = "path"
+
+    def __repr__(self) -> str:  # never print the secret key
+        return f"BucketSettings(endpoint_url={self.endpoint_url!r}, bucket_name={self.bucket_name!r})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "BucketSettings | None":
+        names = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
+        present = [n for n in names if env.get(n)]
+        if not present:
+            return None
+        if len(present) < len(names):
+            missing = ", ".join(n for n in names if n not in present)
+            raise SettingsError(f"bucket storage is half configured: {missing} not set (set all four or none)")
+        expiry = _int(env, "BUCKET_URL_EXPIRY", cls.url_expiry_s)
+        if not 1 <= expiry <= 7 * 24 * 3600:
+            raise SettingsError(f"BUCKET_URL_EXPIRY={expiry}: allowed 1..604800 seconds (S3's 7-day limit)")
+        style = env.get("BUCKET_ADDRESSING_STYLE", cls.addressing_style)
+        if style not in ("path", "virtual", "auto"):
+            raise SettingsError(f"BUCKET_ADDRESSING_STYLE={style!r}: allowed path, virtual, auto")
+        return cls(
+            endpoint_url=env["BUCKET_ENDPOINT_URL"],
+            access_key_id=env["BUCKET_ACCESS_KEY_ID"],
+            secret_access_key=env["BUCKET_SECRET_ACCESS_KEY"],
+            bucket_name=env["BUCKET_NAME"],
+            region=env.get("BUCKET_REGION", cls.region),
+            prefix=env.get("BUCKET_PREFIX", cls.prefix),
+            url_expiry_s=expiry,
+            public_base_url=env.get("BUCKET_PUBLIC_URL") or None,
+            addressing_style=style,
+        )
+
+    @classmethod
+    def for_job(cls, s3_config: Mapping[str, str], base: "BucketSettings | None") -> "BucketSettings":
+        """The bucket named by a job's top-level `s3Config` {accessId, accessSecret, bucketName, endpointUrl}.
+
+        Region, prefix and URL expiry come from the configured bucket, if any.
+        """
+        bad = [k for k in S3_CONFIG_KEYS if not isinstance(s3_config.get(k), str) or not s3_config.get(k)]
+        if bad:
+            raise SettingsError(f"s3Config: {', '.join(bad)} missing or not a string; needs {', '.join(S3_CONFIG_KEYS)}")
+        job_bucket = {
+            "endpoint_url": s3_config["endpointUrl"],
+            "access_key_id": s3_config["accessId"],
+            "secret_access_key": s3_config["accessSecret"],
+            "bucket_name": s3_config["bucketName"],
+            "public_base_url": None,  # a public base URL belongs to the configured bucket, not the job's
+        }
+        return replace(base, **job_bucket) if base else cls(**job_bucket)
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    placement: str = "auto"
+    output_dir: Path = Path("outputs")
+    base64_max_mb: float = 7.0
+    video_crf: int = 18
+    bucket: BucketSettings | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        crf = _int(env, "WAN_VIDEO_CRF", cls.video_crf)
+        if not 0 <= crf <= 51:
+            raise SettingsError(f"WAN_VIDEO_CRF={crf}: allowed 0..51")
+        return cls(
+            model=env.get("WAN_MODEL") or DEFAULT_MODEL,
+            device=env.get("WAN_DEVICE") or None,
+            placement=env.get("WAN_PLACEMENT", "auto"),
+            output_dir=Path(env.get("WAN_OUTPUT_DIR") or "outputs"),
+            base64_max_mb=_float(env, "WAN_BASE64_MAX_MB", cls.base64_max_mb),
+            video_crf=crf,
+            bucket=BucketSettings.from_env(env),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name) or default)
+    except ValueError:
+        raise SettingsError(f"{name}={env.get(name)!r}: must be an integer") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return float(env.get(name) or default)
+    except ValueError:
+        raise SettingsError(f"{name}={env.get(name)!r}: must be a number") from None

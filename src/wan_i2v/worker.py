@@ -1,0 +1,188 @@
+"""One job from start to end: validate, fetch, generate, encode, store, report progress and errors.
+
+Errors are values here: every failure becomes the job's `error` (with `refresh_worker` when the
+worker's state can no longer be trusted), so the worker keeps serving the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .engine import Engine, GenerationParams
+from .errors import InputError, JobError
+from .images import fit_image, load_image, output_size
+from .schema import SEED_MAX, JobInput, parse_job_input
+from .settings import BucketSettings, Settings, SettingsError
+from .storage import StoredVideo, inline_data_uri, local_name, object_key, save_local, upload_s3
+from .video import encode_mp4
+
+log = logging.getLogger(__name__)
+
+# Share of the whole job each phase ends at, for the progress percentage.
+PHASE_END_PERCENT = {
+    "fetch_image": 2,
+    "text_encode": 4,
+    "condition_encode": 6,
+    "denoise": 90,
+    "vae_decode": 96,
+    "encode_mp4": 98,
+    "upload": 100,
+}
+PHASE_START_PERCENT = dict(zip(list(PHASE_END_PERCENT)[1:], PHASE_END_PERCENT.values()), fetch_image=0)
+
+ProgressSink = Callable[[dict, dict], None]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 3)
+
+
+def progress_event(event: dict) -> dict:
+    """Add an overall `percent` to an engine or worker progress event."""
+    phase = event["phase"]
+    start, end = PHASE_START_PERCENT[phase], PHASE_END_PERCENT[phase]
+    if phase == "denoise":
+        percent = start + (end - start) * event["step"] / event["total_steps"]
+    else:
+        percent = start
+    return {**event, "percent": round(percent, 1)}
+
+
+class Worker:
+    def __init__(self, engine: Engine, settings: Settings, progress: ProgressSink | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.progress = progress
+
+    def handle(self, job: dict) -> dict:
+        started = time.perf_counter()
+        job_id = str(job.get("id") or "local")
+        try:
+            output = self._run(job, job_id)
+        except JobError as exc:
+            log.warning("job %s failed: %s", job_id, exc)
+            result: dict[str, Any] = {"error": str(exc)}
+            if exc.refresh_worker:
+                result["refresh_worker"] = True
+            return result
+        except Exception as exc:  # a bug or a state we cannot trust: answer, then let RunPod replace us
+            log.exception("job %s failed unexpectedly", job_id)
+            return {"error": f"internal error: {type(exc).__name__}: {exc}", "refresh_worker": True}
+        output["generation_time"] = output["timings"]["total"] = round(time.perf_counter() - started, 2)
+        log.info("job %s done in %.2f s: %s", job_id, output["generation_time"], output["timings"])
+        return output
+
+    def _report(self, job: dict, event: dict) -> None:
+        event = progress_event(event)
+        log.debug("job %s progress %s", job.get("id"), event)
+        if self.progress is not None:
+            self.progress(job, event)
+
+    def _run(self, job: dict, job_id: str) -> dict:
+        request = parse_job_input(job.get("input"))
+        bucket = self._bucket_for(job)
+        timings: dict[str, float] = {}
+
+        self._report(job, {"phase": "fetch_image"})
+        with _timed(timings, "fetch_image"):
+            image = load_image("image", request.image)
+            width, height = output_size(image.width, image.height, request.resolution)
+            image = fit_image(image, (width, height))
+            last = None
+            if request.last_image is not None:
+                last = fit_image(load_image("last_image", request.last_image), (width, height))
+
+        seed = request.seed if request.seed is not None else secrets.randbelow(SEED_MAX + 1)
+        params = GenerationParams(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=width,
+            height=height,
+            num_frames=request.frame_num,
+            steps=request.sample_steps,
+            guidance_scale=request.guidance_scale,
+            guidance_scale_2=request.guidance_scale_2,
+            shift=request.shift,
+            seed=seed,
+        )
+        generated = self.engine.generate(params, image, last, on_progress=lambda e: self._report(job, e))
+        timings.update(generated.timings)
+
+        with tempfile.TemporaryDirectory(prefix="wan-i2v-") as tmp:
+            path = Path(tmp) / "video.mp4"
+            self._report(job, {"phase": "encode_mp4"})
+            with _timed(timings, "encode_mp4"):
+                encode_mp4(generated.frames, path, request.fps, crf=self.settings.video_crf)
+            size = path.stat().st_size
+            self._report(job, {"phase": "upload"})
+            with _timed(timings, "upload"):
+                stored = self._store(path, request, bucket, job_id)
+
+        output = {
+            "video_url": stored.url,
+            "generation_time": None,  # set by handle() once everything is done
+            "video_size_mb": round(size / 1024 / 1024, 2),
+            "resolution": request.resolution,
+            "sample_steps": request.sample_steps,
+            "frame_num": request.frame_num,
+            "width": width,
+            "height": height,
+            "fps": request.fps,
+            "seed": seed,
+            "model": self.settings.model,
+            "storage": stored.location,
+            "timings": timings,
+        }
+        if stored.expires_at:
+            output["video_url_expires_at"] = stored.expires_at
+        return output
+
+    def _bucket_for(self, job: dict) -> BucketSettings | None:
+        s3_config = job.get("s3Config")
+        if s3_config is None:
+            return self.settings.bucket
+        if not isinstance(s3_config, dict):
+            raise InputError("s3Config: must be an object {accessId, accessSecret, bucketName, endpointUrl}")
+        try:
+            return BucketSettings.for_job(s3_config, self.settings.bucket)
+        except SettingsError as exc:
+            raise InputError(str(exc)) from None
+
+    def _store(self, path: Path, request: JobInput, bucket: BucketSettings | None, job_id: str) -> StoredVideo:
+        now = datetime.now(timezone.utc)
+        if request.return_base64:
+            return inline_data_uri(path, self.settings.base64_max_mb)
+        if bucket is not None:
+            return upload_s3(path, bucket, object_key(bucket.prefix, job_id, now))
+        return save_local(path, self.settings.output_dir, local_name(job_id, now))
+
+
+def build_worker(settings: Settings | None = None, progress: ProgressSink | None = None) -> Worker:
+    """Cold start: read settings, load the model once, log what was chosen."""
+    started = time.perf_counter()
+    settings = settings or Settings.from_env()
+    engine = Engine.load(settings.model, settings.device, settings.placement)
+    storage = (
+        f"bucket '{settings.bucket.bucket_name}' at {settings.bucket.endpoint_url}"
+        if settings.bucket
+        else f"local directory {settings.output_dir.resolve()} (no bucket configured)"
+    )
+    log.info(
+        "cold start done in %.1f s: model %s on %s, placement %s; videos go to %s",
+        time.perf_counter() - started,
+        settings.model,
+        engine.device,
+        engine.placement,
+        storage,
+    )
+    return Worker(engine, settings, progress)
