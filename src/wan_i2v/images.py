@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
+from urllib3.exceptions import ReadTimeoutError
 
 from . import __version__
 from .errors import InputError
@@ -89,13 +90,20 @@ def fetch_url(field: str, url: str) -> bytes:
                 return bytes(body)
         except requests.TooManyRedirects:
             raise InputError(f"{field}: {where} redirects more than {MAX_REDIRECTS} times") from None
-        except requests.Timeout:
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            if not _timed_out(exc):
+                raise InputError(f"{field}: could not connect to {where} ({type(exc).__name__})") from None
             raise InputError(
                 f"{field}: {where} did not answer in time (connect {CONNECT_TIMEOUT_S:.0f} s, "
                 f"read {READ_TIMEOUT_S:.0f} s)"
             ) from None
         except requests.RequestException as exc:
             raise InputError(f"{field}: could not download {where} ({type(exc).__name__})") from None
+
+
+def _timed_out(exc: requests.RequestException) -> bool:
+    # A read timeout while streaming the body arrives as a ConnectionError wrapping urllib3's.
+    return isinstance(exc, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in exc.args)
 
 
 def _size_limit() -> str:

@@ -124,15 +124,15 @@ def _message(error: dict) -> str:
     name = str(loc[0]) if loc else "input"
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{name}: unknown field; allowed fields: {', '.join(FIELD_NAMES)}"
+        return f"{name}: unknown field, allowed fields: {' '.join(FIELD_NAMES)}"
     if kind == "missing":
-        return f"{name}: required; give {allowed_values(name)}"
+        return f"{name}: required, give {allowed_values(name)}"
     problem = error["msg"].removeprefix("Value error, ")
-    return f"{name}: {_shown(error.get('input'))} is not allowed ({problem}); allowed: {allowed_values(name)}"
+    return f"{name}: {_shown(error.get('input'))} is not allowed ({problem}), allowed: {allowed_values(name)}"
 
 
 def parse_job_input(raw: Any) -> JobInput:
-    """Validate a job's `input`; raise InputError naming every bad field."""
+    """Validate a job's `input`; raise InputError naming every bad field ("field: problem" joined by "; ")."""
     if not isinstance(raw, dict):
         raise InputError(f"input: must be a JSON object with at least 'image', got {type(raw).__name__}")
     try:

@@ -69,6 +69,7 @@ def _s3_client(bucket: BucketSettings):
 
 def upload_s3(path: Path, bucket: BucketSettings, key: str) -> StoredVideo:
     """Upload (multipart above 16 MB) with Content-Type video/mp4; return a presigned or public URL."""
+    from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -84,9 +85,11 @@ def upload_s3(path: Path, bucket: BucketSettings, key: str) -> StoredVideo:
         url = client.generate_presigned_url(
             "get_object", Params={"Bucket": bucket.bucket_name, "Key": key}, ExpiresIn=bucket.url_expiry_s
         )
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "unknown")
-        raise StorageError(f"upload to {where} failed: {code}") from None
+    except (ClientError, S3UploadFailedError) as exc:
+        # upload_file wraps the ClientError of the failing call in S3UploadFailedError.
+        client_error = exc if isinstance(exc, ClientError) else exc.__context__
+        code = client_error.response.get("Error", {}).get("Code") if isinstance(client_error, ClientError) else None
+        raise StorageError(f"upload to {where} failed: {code or type(exc).__name__}") from None
     except (BotoCoreError, OSError) as exc:
         raise StorageError(f"upload to {where} failed: {type(exc).__name__}") from None
     expires = datetime.now(timezone.utc) + timedelta(seconds=bucket.url_expiry_s)

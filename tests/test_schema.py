@@ -1,0 +1,104 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from wan_i2v.errors import InputError
+from wan_i2v.schema import WAN_NEGATIVE_PROMPT, JobInput, markdown_table, parse_job_input
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"image": "https://example.com/a.png"}
+
+
+def test_defaults_follow_the_contract():
+    job = parse_job_input(GOOD)
+    assert (job.prompt, job.resolution, job.sample_steps, job.frame_num, job.fps) == ("", "480p", 30, 81, 16)
+    assert (job.guidance_scale, job.guidance_scale_2, job.shift) == (3.5, 3.5, 5.0)
+    assert job.seed is None and job.last_image is None and job.return_base64 is False
+    assert job.negative_prompt == WAN_NEGATIVE_PROMPT
+
+
+def test_every_valid_frame_count_is_accepted():
+    for frames in range(17, 162, 4):
+        assert parse_job_input({**GOOD, "frame_num": frames}).frame_num == frames
+
+
+def test_bounds_are_inclusive():
+    job = parse_job_input(
+        {**GOOD, "sample_steps": 50, "fps": 8, "seed": 2**32 - 1, "guidance_scale": 1, "shift": 20.0}
+    )
+    assert (job.sample_steps, job.fps, job.seed, job.guidance_scale, job.shift) == (50, 8, 2**32 - 1, 1.0, 20.0)
+
+
+BAD = [
+    ({}, "image", "required"),
+    ({"image": 5}, "image", "http(s) URL"),
+    ({"image": ""}, "image", "http(s) URL"),
+    ({"prompt": 7}, "prompt", "string"),
+    ({"prompt": "x" * 5001}, "prompt", "at most 5000"),
+    ({"negative_prompt": None}, "negative_prompt", "string"),
+    ({"resolution": "1080p"}, "resolution", "one of '480p', '720p'"),
+    ({"resolution": 480}, "resolution", "one of '480p', '720p'"),
+    ({"sample_steps": 14}, "sample_steps", "integer from 15 to 50"),
+    ({"sample_steps": 51}, "sample_steps", "integer from 15 to 50"),
+    ({"sample_steps": "30"}, "sample_steps", "integer from 15 to 50"),
+    ({"sample_steps": 30.5}, "sample_steps", "integer from 15 to 50"),
+    ({"sample_steps": True}, "sample_steps", "integer from 15 to 50"),
+    ({"frame_num": 80}, "frame_num", "nearest valid: 77 or 81"),
+    ({"frame_num": 82}, "frame_num", "nearest valid: 81 or 85"),
+    ({"frame_num": 13}, "frame_num", "integer from 17 to 161"),
+    ({"frame_num": 165}, "frame_num", "integer from 17 to 161"),
+    ({"fps": 7}, "fps", "integer from 8 to 30"),
+    ({"fps": 31}, "fps", "integer from 8 to 30"),
+    ({"seed": -1}, "seed", "integer from 0 to 4294967295"),
+    ({"seed": 2**32}, "seed", "integer from 0 to 4294967295"),
+    ({"seed": "42"}, "seed", "integer from 0 to 4294967295"),
+    ({"guidance_scale": 0.5}, "guidance_scale", "number from 1.0 to 10.0"),
+    ({"guidance_scale": 10.5}, "guidance_scale", "number from 1.0 to 10.0"),
+    ({"guidance_scale": "high"}, "guidance_scale", "number from 1.0 to 10.0"),
+    ({"guidance_scale_2": 11}, "guidance_scale_2", "number from 1.0 to 10.0"),
+    ({"guidance_scale_2": float("nan")}, "guidance_scale_2", "number from 1.0 to 10.0"),
+    ({"shift": 0.9}, "shift", "number from 1.0 to 20.0"),
+    ({"shift": 21}, "shift", "number from 1.0 to 20.0"),
+    ({"last_image": 3}, "last_image", "http(s) URL"),
+    ({"return_base64": "yes"}, "return_base64", "true or false"),
+    ({"steps": 20}, "steps", "unknown field, allowed fields: image prompt negative_prompt"),
+]
+
+
+@pytest.mark.parametrize("change, field, allowed", BAD, ids=[f"{f}={list(c.values())[:1]}" for c, f, _ in BAD])
+def test_bad_input_names_the_field_and_what_is_allowed(change, field, allowed):
+    raw = {**GOOD, **change} if change else {}
+    with pytest.raises(InputError) as caught:
+        parse_job_input(raw)
+    message = str(caught.value)
+    assert message.startswith(f"{field}: ") or f"; {field}: " in message
+    assert allowed in message
+
+
+def test_every_bad_field_is_reported_at_once():
+    with pytest.raises(InputError) as caught:
+        parse_job_input({**GOOD, "fps": 100, "seed": -5, "colour": "red"})
+    fields = re.findall(r"(?:^|; )(\w+): ", str(caught.value))
+    assert sorted(fields) == ["colour", "fps", "seed"]
+
+
+@pytest.mark.parametrize("raw", [None, [], "image.png", 3])
+def test_input_must_be_an_object(raw):
+    with pytest.raises(InputError, match="^input: must be a JSON object"):
+        parse_job_input(raw)
+
+
+def test_long_values_are_shortened_in_messages():
+    with pytest.raises(InputError) as caught:
+        parse_job_input({**GOOD, "prompt": ["x" * 10_000]})
+    assert len(str(caught.value)) < 300
+
+
+def test_readme_input_table_is_the_generated_one():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme, "README input table is stale: paste `python -m wan_i2v.schema`"
+
+
+def test_schema_fields_all_have_descriptions():
+    assert all(info.description for info in JobInput.model_fields.values())

@@ -1,0 +1,133 @@
+import base64
+import re
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+import requests
+
+from wan_i2v.errors import StorageError
+from wan_i2v.settings import BucketSettings, Settings, SettingsError
+from wan_i2v.storage import inline_data_uri, local_name, object_key, save_local, upload_s3
+
+NOW = datetime(2026, 11, 22, 15, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def mp4(tmp_path):
+    path = tmp_path / "video.mp4"
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64)
+    return path
+
+
+def test_object_keys_sort_by_date_name_the_job_and_cannot_be_guessed():
+    key = object_key("wan-i2v/", "abc-123/../x", NOW)
+    assert re.fullmatch(r"wan-i2v/2026/11/22/abc-123____x-[0-9a-f]{16}\.mp4", key)
+    assert object_key("p/", "j", NOW) != object_key("p/", "j", NOW)
+    assert re.fullmatch(r"20261122-153000-job_1-[0-9a-f]{6}\.mp4", local_name("job 1", NOW))
+
+
+def test_upload_sets_content_type_and_presigned_url_downloads(bucket_env, mp4):
+    bucket = BucketSettings.from_env(bucket_env)
+    stored = upload_s3(mp4, bucket, "wan-i2v/2026/11/22/job-1.mp4")
+    assert stored.location == "s3" and stored.expires_at
+    response = requests.get(stored.url, timeout=10)
+    assert response.status_code == 200 and response.content == mp4.read_bytes()
+    assert response.headers["Content-Type"] == "video/mp4"
+    assert "X-Amz-Expires=86400" in stored.url
+    assert "test-secret-key-do-not-log" not in stored.url
+
+
+def test_large_files_go_up_in_parts(bucket_env, tmp_path):
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\1" * (17 * 1024 * 1024))
+    bucket = BucketSettings.from_env(bucket_env)
+    upload_s3(big, bucket, "big.mp4")
+    client = boto3.client(
+        "s3",
+        endpoint_url=bucket.endpoint_url,
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        region_name="us-east-1",
+    )
+    head = client.head_object(Bucket=bucket.bucket_name, Key="big.mp4")
+    assert head["ContentLength"] == big.stat().st_size and "-" in head["ETag"]  # a multipart ETag
+    assert head["ContentType"] == "video/mp4"
+
+
+def test_public_base_url_and_expiry_are_honoured(bucket_env, mp4):
+    public = BucketSettings.from_env({**bucket_env, "BUCKET_PUBLIC_URL": "https://cdn.example.com/videos/"})
+    assert upload_s3(mp4, public, "a b.mp4").url == "https://cdn.example.com/videos/a%20b.mp4"
+    short = BucketSettings.from_env({**bucket_env, "BUCKET_URL_EXPIRY": "600"})
+    assert "X-Amz-Expires=600" in upload_s3(mp4, short, "c.mp4").url
+
+
+def test_missing_bucket_gives_a_clear_error_without_secrets(bucket_env, mp4):
+    bucket = BucketSettings.from_env({**bucket_env, "BUCKET_NAME": "no-such-bucket"})
+    with pytest.raises(StorageError) as caught:
+        upload_s3(mp4, bucket, "x.mp4")
+    assert "bucket 'no-such-bucket'" in str(caught.value) and "NoSuchBucket" in str(caught.value)
+    assert "test-secret-key-do-not-log" not in str(caught.value)
+
+
+def test_unreachable_bucket_gives_a_clear_error(mp4):
+    from helpers import free_port
+
+    env = {
+        "BUCKET_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "BUCKET_ACCESS_KEY_ID": "a",
+        "BUCKET_SECRET_ACCESS_KEY": "b",
+        "BUCKET_NAME": "videos",
+    }
+    with pytest.raises(StorageError, match=r"^upload to bucket 'videos' at http://127.0.0.1:\d+ failed"):
+        upload_s3(mp4, BucketSettings.from_env(env), "x.mp4")
+
+
+def test_bucket_settings_need_all_four_variables():
+    assert BucketSettings.from_env({}) is None
+    with pytest.raises(SettingsError, match="BUCKET_SECRET_ACCESS_KEY, BUCKET_NAME not set"):
+        BucketSettings.from_env({"BUCKET_ENDPOINT_URL": "http://x", "BUCKET_ACCESS_KEY_ID": "a"})
+    with pytest.raises(SettingsError, match="BUCKET_URL_EXPIRY"):
+        BucketSettings.from_env(
+            {
+                "BUCKET_ENDPOINT_URL": "http://x",
+                "BUCKET_ACCESS_KEY_ID": "a",
+                "BUCKET_SECRET_ACCESS_KEY": "b",
+                "BUCKET_NAME": "c",
+                "BUCKET_URL_EXPIRY": "999999999",
+            }
+        )
+
+
+def test_secret_key_is_not_in_the_settings_repr(bucket_env):
+    settings = Settings.from_env(bucket_env)
+    assert "test-secret-key-do-not-log" not in repr(settings)
+
+
+def test_job_s3_config_overrides_the_bucket(bucket_env):
+    base = BucketSettings.from_env({**bucket_env, "BUCKET_PREFIX": "p/"})
+    job = {"accessId": "id", "accessSecret": "s", "bucketName": "other", "endpointUrl": "http://e"}
+    bucket = BucketSettings.for_job(job, base)
+    assert (bucket.bucket_name, bucket.endpoint_url, bucket.access_key_id, bucket.prefix) == ("other", "http://e", "id", "p/")
+    assert BucketSettings.for_job(job, None).bucket_name == "other"
+    with pytest.raises(SettingsError, match=r"^s3Config: bucketName missing"):
+        BucketSettings.for_job({**job, "bucketName": ""}, None)
+
+
+def test_local_save_is_whole_or_nothing(tmp_path, mp4):
+    stored = save_local(mp4, tmp_path / "out", "a.mp4")
+    assert stored.url == (tmp_path / "out" / "a.mp4").resolve().as_uri()
+    assert (tmp_path / "out" / "a.mp4").read_bytes() == mp4.read_bytes()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.mp4"]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="could not write the video"):
+        save_local(mp4, blocker / "out", "b.mp4")
+
+
+def test_inline_result_and_its_cap(mp4):
+    stored = inline_data_uri(mp4, max_mb=1)
+    assert stored.url.startswith("data:video/mp4;base64,")
+    assert base64.b64decode(stored.url.split(",", 1)[1]) == mp4.read_bytes()
+    with pytest.raises(StorageError, match=r"^return_base64: the video is 0.0 MB, over the 0.001 MB inline cap"):
+        inline_data_uri(mp4, max_mb=0.001)
