@@ -15,7 +15,9 @@ from wan_i2v.errors import ModelNotFoundError
 from wan_i2v.settings import SettingsError
 from wan_i2v.worker import build_worker
 
-logging.basicConfig(level=os.environ.get("WAN_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.basicConfig(
+    level=os.environ.get("WAN_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+)
 
 
 def send_progress(job: dict, event: dict) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from helpers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,9 +3,9 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import b64, data_uri, encode, picture
 from PIL import Image
 
-from helpers import b64, data_uri, encode, picture
 from wan_i2v import images
 from wan_i2v.errors import InputError
 from wan_i2v.images import decode_image, fit_image, load_image, output_size
@@ -97,7 +97,9 @@ def test_sixteen_bit_and_cmyk_images_become_rgb():
 
 
 def test_unsupported_and_unreadable_data_are_refused():
-    with pytest.raises(InputError, match=r"^image: BMP images are not supported; allowed formats: JPEG, PNG, WebP, GIF"):
+    with pytest.raises(
+        InputError, match=r"^image: BMP images are not supported; allowed formats: JPEG, PNG, WebP, GIF"
+    ):
         load_image("image", b64(encode(picture(), "BMP")))
     with pytest.raises(InputError, match=r"^last_image: not a readable image"):
         load_image("last_image", b64(b"this is not an image at all"))
@@ -120,7 +122,9 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_pixel_count_is_checked_before_decoding():

@@ -24,9 +24,7 @@ def test_every_valid_frame_count_is_accepted():
 
 
 def test_bounds_are_inclusive():
-    job = parse_job_input(
-        {**GOOD, "sample_steps": 50, "fps": 8, "seed": 2**32 - 1, "guidance_scale": 1, "shift": 20.0}
-    )
+    job = parse_job_input({**GOOD, "sample_steps": 50, "fps": 8, "seed": 2**32 - 1, "guidance_scale": 1, "shift": 20.0})
     assert (job.sample_steps, job.fps, job.seed, job.guidance_scale, job.shift) == (50, 8, 2**32 - 1, 1.0, 20.0)
 
 

@@ -108,7 +108,12 @@ def test_job_s3_config_overrides_the_bucket(bucket_env):
     base = BucketSettings.from_env({**bucket_env, "BUCKET_PREFIX": "p/"})
     job = {"accessId": "id", "accessSecret": "s", "bucketName": "other", "endpointUrl": "http://e"}
     bucket = BucketSettings.for_job(job, base)
-    assert (bucket.bucket_name, bucket.endpoint_url, bucket.access_key_id, bucket.prefix) == ("other", "http://e", "id", "p/")
+    assert (bucket.bucket_name, bucket.endpoint_url, bucket.access_key_id, bucket.prefix) == (
+        "other",
+        "http://e",
+        "id",
+        "p/",
+    )
     assert BucketSettings.for_job(job, None).bucket_name == "other"
     with pytest.raises(SettingsError, match=r"^s3Config: bucketName missing"):
         BucketSettings.for_job({**job, "bucketName": ""}, None)

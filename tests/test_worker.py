@@ -2,12 +2,14 @@
 
 import base64
 import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
 import torch
-
 from helpers import b64, data_uri, encode, picture
+
 from wan_i2v.settings import Settings
 from wan_i2v.video import probe_mp4, read_frames
 from wan_i2v.worker import Worker
@@ -35,10 +37,6 @@ def worker(engine, work_dirs, monkeypatch):
 
 def local_path(url):
     assert url.startswith("file://")
-    from urllib.parse import unquote, urlparse
-
-    from pathlib import Path
-
     return Path(unquote(urlparse(url).path))
 
 
@@ -63,7 +61,16 @@ def test_job_returns_the_contracted_fields_and_a_valid_mp4(first_job):
     assert (info["frames"], info["width"], info["height"], info["fps"]) == (17, 832, 480, 12)
     assert info["codec"].startswith("h264")
     assert output["video_size_mb"] == round(path.stat().st_size / 1024 / 1024, 2)
-    phases = {"fetch_image", "text_encode", "condition_encode", "denoise", "vae_decode", "encode_mp4", "upload", "total"}
+    phases = {
+        "fetch_image",
+        "text_encode",
+        "condition_encode",
+        "denoise",
+        "vae_decode",
+        "encode_mp4",
+        "upload",
+        "total",
+    }
     assert set(output["timings"]) == phases
     assert output["timings"]["total"] == output["generation_time"] >= output["timings"]["denoise"] > 0
 

@@ -13,7 +13,6 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -21,18 +20,10 @@ import torch
 from PIL import Image
 
 from .errors import ModelNotFoundError, OutOfMemoryError
+from .weights import resolve_model
 
 log = logging.getLogger(__name__)
 
-# Component folders of the diffusers layout and the files each must hold.
-REQUIRED_COMPONENTS = {
-    "transformer": ("config.json", "*.safetensors"),
-    "transformer_2": ("config.json", "*.safetensors"),
-    "text_encoder": ("config.json", "*.safetensors"),
-    "vae": ("config.json", "*.safetensors"),
-    "tokenizer": ("tokenizer_config.json",),
-    "scheduler": ("scheduler_config.json",),
-}
 HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
 TEXT_TOKENS = 512  # Wan2.2 text_len
 
@@ -60,52 +51,6 @@ class Generated:
     frames: np.ndarray  # (num_frames, height, width, 3) uint8 RGB
     timings: dict[str, float] = field(default_factory=dict)
     experts: list[str] = field(default_factory=list)  # the expert that ran each step
-
-
-def missing_parts(path: Path) -> list[str]:
-    """What a diffusers Wan2.2 I2V folder lacks; empty when complete."""
-    missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
-    for component, patterns in REQUIRED_COMPONENTS.items():
-        for pattern in patterns:
-            if not any((path / component).glob(pattern)):
-                missing.append(f"{component}/{pattern}")
-    return missing
-
-
-def resolve_model(model: str) -> Path:
-    """A local diffusers folder for `model`: a directory, or a hub id already in the local HF cache.
-
-    Never downloads. Raises ModelNotFoundError saying what was looked for and how to bake it.
-    """
-    bake = (
-        "Bake the weights into the image (docker build --build-arg WAN_MODEL=...), run "
-        "`python builder/fetch_weights.py --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --dest DIR` where a "
-        "network is available, or for a CPU test `python builder/tiny_model.py DIR`; then set WAN_MODEL=DIR."
-    )
-    candidate = Path(model).expanduser()
-    if candidate.is_dir():
-        path, where = candidate, f"directory {candidate.resolve()}"
-    elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
-        from huggingface_hub import constants, snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            path = Path(snapshot_download(repo_id=model, local_files_only=True))
-        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-            raise ModelNotFoundError(
-                f"WAN_MODEL={model!r}: not a directory, and hub id {model!r} has no snapshot in the local "
-                f"Hugging Face cache ({constants.HF_HUB_CACHE}). Nothing is downloaded at run time. {bake}"
-            ) from None
-        where = f"cached snapshot {path}"
-    else:
-        raise ModelNotFoundError(f"WAN_MODEL={model!r}: no such directory. {bake}")
-    missing = missing_parts(path)
-    if missing:
-        raise ModelNotFoundError(
-            f"WAN_MODEL={model!r} ({where}) is not a complete Wan2.2 I2V diffusers pipeline; missing: "
-            f"{', '.join(missing)}. {bake}"
-        )
-    return path
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -170,7 +115,9 @@ class Engine:
                 "transformer_2 and boundary_ratio)"
             )
         if "flow_shift" not in pipe.scheduler.config:
-            raise ModelNotFoundError(f"WAN_MODEL={model!r}: scheduler {type(pipe.scheduler).__name__} has no flow_shift")
+            raise ModelNotFoundError(
+                f"WAN_MODEL={model!r}: scheduler {type(pipe.scheduler).__name__} has no flow_shift"
+            )
         pipe.set_progress_bar_config(disable=True)
         chosen = pick_placement(target, placement)
         if chosen == "model_offload":
@@ -302,4 +249,3 @@ class Engine:
         video = vae.decode(latents * std + mean, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return frames.permute(1, 2, 3, 0).cpu().numpy()
-

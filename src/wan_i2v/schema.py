@@ -71,7 +71,9 @@ class JobInput(BaseModel):
     )
     shift: float = Field(5.0, ge=1.0, le=20.0, allow_inf_nan=False, description="Flow-matching timestep shift.")
     last_image: str | None = Field(
-        None, min_length=1, description="Optional last frame, for a video that ends on it; same forms and limits as `image`."
+        None,
+        min_length=1,
+        description="Optional last frame, for a video that ends on it; same forms and limits as `image`.",
     )
     return_base64: bool = Field(
         False,

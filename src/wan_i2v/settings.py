@@ -67,7 +67,9 @@ class BucketSettings:
         """
         bad = [k for k in S3_CONFIG_KEYS if not isinstance(s3_config.get(k), str) or not s3_config.get(k)]
         if bad:
-            raise SettingsError(f"s3Config: {', '.join(bad)} missing or not a string; needs {', '.join(S3_CONFIG_KEYS)}")
+            raise SettingsError(
+                f"s3Config: {', '.join(bad)} missing or not a string; needs {', '.join(S3_CONFIG_KEYS)}"
+            )
         job_bucket = {
             "endpoint_url": s3_config["endpointUrl"],
             "access_key_id": s3_config["accessId"],

@@ -77,9 +77,7 @@ def upload_s3(path: Path, bucket: BucketSettings, key: str) -> StoredVideo:
     transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
     where = f"bucket '{bucket.bucket_name}' at {shown_url(bucket.endpoint_url)}"
     try:
-        client.upload_file(
-            str(path), bucket.bucket_name, key, ExtraArgs={"ContentType": CONTENT_TYPE}, Config=transfer
-        )
+        client.upload_file(str(path), bucket.bucket_name, key, ExtraArgs={"ContentType": CONTENT_TYPE}, Config=transfer)
         if bucket.public_base_url:
             return StoredVideo(url=f"{bucket.public_base_url.rstrip('/')}/{quote(key)}", location="s3")
         url = client.generate_presigned_url(

@@ -7,6 +7,7 @@ worker's state can no longer be trusted), so the worker keeps serving the next j
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import tempfile
 import time
@@ -185,4 +186,10 @@ def build_worker(settings: Settings | None = None, progress: ProgressSink | None
         engine.placement,
         storage,
     )
+    if settings.bucket is None and os.environ.get("RUNPOD_POD_ID"):
+        log.warning(
+            "no bucket configured: videos stay on this worker's disk and video_url is a file:// URL "
+            "no caller can fetch; set BUCKET_ENDPOINT_URL, BUCKET_NAME, BUCKET_ACCESS_KEY_ID and "
+            "BUCKET_SECRET_ACCESS_KEY, or send return_base64 for short clips"
+        )
     return Worker(engine, settings, progress)

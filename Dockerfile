@@ -1,0 +1,37 @@
+# wan-i2v: Wan2.2 I2V-A14B image-to-video on RunPod serverless.
+#   docker build -t wan-i2v .
+#   docker build --build-arg WAN_MODEL_ID=Wan-AI/Wan2.2-I2V-A14B-Diffusers --build-arg WAN_MODEL_REVISION=<commit> -t wan-i2v .
+# CUDA build of PyTorch from the base image; the CPU build is only for local tests (README).
+FROM pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# 1. The model stack, pinned. torch stays the base image's CUDA build.
+COPY builder/requirements.txt builder/requirements.txt
+RUN pip install -r builder/requirements.txt
+
+# 2. Bake the weights (at least 65 GB) in their own layer, before the code, so that code changes
+#    do not download them again. The check uses the worker's own rules (wan_i2v/weights.py).
+ARG WAN_MODEL_ID=Wan-AI/Wan2.2-I2V-A14B-Diffusers
+ARG WAN_MODEL_REVISION=main
+COPY builder/fetch_weights.py builder/fetch_weights.py
+COPY src/wan_i2v/__init__.py src/wan_i2v/errors.py src/wan_i2v/weights.py src/wan_i2v/
+RUN python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dest /models/wan
+
+# 3. The worker itself.
+COPY pyproject.toml README.md ./
+COPY src src
+RUN pip install --no-deps .
+COPY handler.py test_input.json ./
+
+# Nothing is downloaded at run time: the worker reads /models/wan and fails fast if it is incomplete.
+ENV WAN_MODEL=/models/wan \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    WAN_OUTPUT_DIR=/tmp/wan-outputs
+
+CMD ["python", "-u", "handler.py"]

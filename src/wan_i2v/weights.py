@@ -1,0 +1,63 @@
+"""Where the model weights are: a diffusers folder on local disk, found and checked without any download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ModelNotFoundError
+
+# Component folders of the diffusers layout and the files each must hold.
+REQUIRED_COMPONENTS = {
+    "transformer": ("config.json", "*.safetensors"),
+    "transformer_2": ("config.json", "*.safetensors"),
+    "text_encoder": ("config.json", "*.safetensors"),
+    "vae": ("config.json", "*.safetensors"),
+    "tokenizer": ("tokenizer_config.json",),
+    "scheduler": ("scheduler_config.json",),
+}
+
+
+def missing_parts(path: Path) -> list[str]:
+    """What a diffusers Wan2.2 I2V folder lacks; empty when complete."""
+    missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
+    for component, patterns in REQUIRED_COMPONENTS.items():
+        for pattern in patterns:
+            if not any((path / component).glob(pattern)):
+                missing.append(f"{component}/{pattern}")
+    return missing
+
+
+def resolve_model(model: str) -> Path:
+    """A local diffusers folder for `model`: a directory, or a hub id already in the local HF cache.
+
+    Never downloads. Raises ModelNotFoundError saying what was looked for and how to bake it.
+    """
+    bake = (
+        "Bake the weights into the image (docker build --build-arg WAN_MODEL=...), run "
+        "`python builder/fetch_weights.py --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --dest DIR` where a "
+        "network is available, or for a CPU test `python builder/tiny_model.py DIR`; then set WAN_MODEL=DIR."
+    )
+    candidate = Path(model).expanduser()
+    if candidate.is_dir():
+        path, where = candidate, f"directory {candidate.resolve()}"
+    elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            path = Path(snapshot_download(repo_id=model, local_files_only=True))
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+            raise ModelNotFoundError(
+                f"WAN_MODEL={model!r}: not a directory, and hub id {model!r} has no snapshot in the local "
+                f"Hugging Face cache ({constants.HF_HUB_CACHE}). Nothing is downloaded at run time. {bake}"
+            ) from None
+        where = f"cached snapshot {path}"
+    else:
+        raise ModelNotFoundError(f"WAN_MODEL={model!r}: no such directory. {bake}")
+    missing = missing_parts(path)
+    if missing:
+        raise ModelNotFoundError(
+            f"WAN_MODEL={model!r} ({where}) is not a complete Wan2.2 I2V diffusers pipeline; missing: "
+            f"{', '.join(missing)}. {bake}"
+        )
+    return path
