@@ -9,11 +9,14 @@ import logging
 import os
 import sys
 
-import runpod
+# The SDK's default DEBUG level logs whole jobs: base64 images and a job's s3Config secret.
+os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
-from wan_i2v.errors import ModelNotFoundError
-from wan_i2v.settings import SettingsError
-from wan_i2v.worker import build_worker
+import runpod  # noqa: E402
+
+from wan_i2v.errors import ModelNotFoundError  # noqa: E402
+from wan_i2v.settings import SettingsError  # noqa: E402
+from wan_i2v.worker import build_worker  # noqa: E402
 
 logging.basicConfig(
     level=os.environ.get("WAN_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -116,3 +116,39 @@ def test_missing_weights_stop_the_worker_with_a_clear_message(tiny_model, tmp_pa
     assert done.returncode == 1
     assert "wan-i2v cannot start: WAN_MODEL=" in done.stderr and expected in done.stderr, done.stderr[-2000:]
     assert "builder/fetch_weights.py" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_job_s3config_uploads_there_and_its_secret_stays_out_of_logs(tiny_model, bucket_env, tmp_path):
+    """A job's top-level s3Config (RunPod's form) wins over the worker's own storage settings."""
+    secret = "s3config-secret-must-not-appear"
+    job = json.loads((ROOT / "test_input.json").read_text())
+    job["s3Config"] = {
+        "accessId": "job-access-id",
+        "accessSecret": secret,
+        "bucketName": bucket_env["BUCKET_NAME"],
+        "endpointUrl": bucket_env["BUCKET_ENDPOINT_URL"],
+    }
+    out = tmp_path / "outputs"
+    done = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", json.dumps(job)],
+        cwd=ROOT,
+        env=worker_env(tiny_model, WAN_OUTPUT_DIR=str(out)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    logs = done.stdout + done.stderr
+    assert done.returncode == 0, logs[-3000:]
+    assert "'storage': 's3'" in logs and not out.exists()
+    assert secret not in logs
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=bucket_env["BUCKET_ENDPOINT_URL"],
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        region_name="us-east-1",
+    )
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"])["Contents"]]
+    assert len(keys) == 1 and keys[0].startswith("wan-i2v/") and keys[0].endswith(".mp4")

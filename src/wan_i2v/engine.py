@@ -75,6 +75,10 @@ def pick_placement(device: torch.device, requested: str = "auto") -> str:
     return "resident" if total >= 100 * 1024**3 else "model_offload"
 
 
+def _predict(model, model_input: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    return model(hidden_states=model_input, timestep=timestep, encoder_hidden_states=text_embeds, return_dict=False)[0]
+
+
 @contextmanager
 def _timed(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
     start = time.perf_counter()
@@ -133,10 +137,14 @@ class Engine:
         return self.pipe.config.boundary_ratio * self.pipe.scheduler.config.num_train_timesteps
 
     def expert_plan(self, steps: int, shift: float) -> list[str]:
-        """Which expert runs each step: high-noise while t >= boundary, then low-noise."""
+        """Which expert runs each step of a job with these settings."""
         scheduler = self._scheduler(shift)
         scheduler.set_timesteps(steps, device="cpu")
-        return [HIGH_NOISE if t >= self.boundary_timestep else LOW_NOISE for t in scheduler.timesteps]
+        return self._experts_for(scheduler.timesteps)
+
+    def _experts_for(self, timesteps: torch.Tensor) -> list[str]:
+        # Wan2.2: the high-noise expert while t >= boundary_ratio * num_train_timesteps, then the low-noise one.
+        return [HIGH_NOISE if t >= self.boundary_timestep else LOW_NOISE for t in timesteps]
 
     def _scheduler(self, shift: float):
         # A fresh scheduler per job: schedulers keep step state, and the shift is a job input.
@@ -171,7 +179,7 @@ class Engine:
         # 1. Encode the prompt, and the negative prompt only if some expert uses guidance.
         scheduler = self._scheduler(p.shift)
         scheduler.set_timesteps(p.steps, device=device)
-        plan = [HIGH_NOISE if t >= self.boundary_timestep else LOW_NOISE for t in scheduler.timesteps]
+        plan = self._experts_for(scheduler.timesteps)
         needs_negative = any(guidance[e] > 1.0 for e in set(plan))
         report({"phase": "text_encode"})
         with _timed(timings, "text_encode", self.device):
@@ -211,23 +219,13 @@ class Engine:
 
         # 3. Denoise: each step runs the expert its timestep belongs to.
         with _timed(timings, "denoise", self.device):
-            for index, (t, expert) in enumerate(zip(scheduler.timesteps, plan)):
+            for index, (t, expert) in enumerate(zip(scheduler.timesteps, plan, strict=True)):
                 model, scale = experts[expert], guidance[expert]
                 model_input = torch.cat([latents, condition], dim=1).to(transformer_dtype)
                 timestep = t.expand(latents.shape[0])
-                noise = model(
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=prompt_embeds,
-                    return_dict=False,
-                )[0]
-                if scale > 1.0:
-                    uncond = model(
-                        hidden_states=model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=negative_embeds,
-                        return_dict=False,
-                    )[0]
+                noise = _predict(model, model_input, timestep, prompt_embeds)
+                if scale > 1.0:  # classifier-free guidance, for this expert only
+                    uncond = _predict(model, model_input, timestep, negative_embeds)
                     noise = uncond + scale * (noise - uncond)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                 report({"phase": "denoise", "step": index + 1, "total_steps": len(plan), "expert": expert})

@@ -36,7 +36,8 @@ PHASE_END_PERCENT = {
     "encode_mp4": 98,
     "upload": 100,
 }
-PHASE_START_PERCENT = dict(zip(list(PHASE_END_PERCENT)[1:], PHASE_END_PERCENT.values()), fetch_image=0)
+_PHASES = list(PHASE_END_PERCENT)
+PHASE_START_PERCENT = {phase: PHASE_END_PERCENT[_PHASES[i - 1]] if i else 0 for i, phase in enumerate(_PHASES)}
 
 ProgressSink = Callable[[dict, dict], None]
 
