@@ -1,0 +1,328 @@
+"""The `wan-i2v` command: single jobs, workers, health, bulk runs, and the local dev endpoint.
+
+Reads RUNPOD_API_KEY, RUNPOD_ENDPOINT_ID and RUNPOD_ENDPOINT_BASE_URL (point it at
+`wan-i2v dev-endpoint` to work locally). Exit codes: 0 done, 1 a job or batch failed, 2 usage or API error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import get_args
+
+from .api import ApiError
+from .client import Client, JobFailed, download
+from .schema import JobInput
+
+log = logging.getLogger("wan_i2v")
+
+# Job fields the command passes through, straight from the schema (image is positional).
+FIELD_FLAGS = [name for name in JobInput.model_fields if name not in ("image", "prompt")]
+
+
+def _add_job_fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", help=JobInput.model_fields["prompt"].description)
+    for name in FIELD_FLAGS:
+        info = JobInput.model_fields[name]
+        flag = "--" + name.replace("_", "-")
+        kind = info.annotation
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=info.description)
+            continue
+        python_type = next((t for t in (int, float) if kind == t or t in get_args(kind)), str)
+        parser.add_argument(flag, type=python_type, help=info.description)
+
+
+def _job_fields(args: argparse.Namespace) -> dict:
+    fields = {name: getattr(args, name) for name in FIELD_FLAGS if getattr(args, name, None) is not None}
+    if getattr(args, "prompt", None) is not None:
+        fields["prompt"] = args.prompt
+    return fields
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client.from_env(endpoint_id=args.endpoint, api_key=args.api_key, base_url=args.base_url)
+
+
+def _print(args: argparse.Namespace, data, text: str | None = None) -> None:
+    if args.json or text is None:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _progress_bar(total: int, initial: int, desc: str):
+    """A tqdm bar on a terminal, None otherwise (plain log lines are printed instead)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="job" if desc == "batch" else "%")
+
+
+def cmd_generate(args) -> int:
+    client = _client(args)
+    job = {"image": args.image, **_job_fields(args)}
+    job_id = client.submit(job)
+    if not args.wait and not args.download:
+        _print(args, {"id": job_id, "status": "IN_QUEUE"}, f"submitted {job_id}")
+        return 0
+    bar = _progress_bar(100, 0, "generate")
+    last = {"phase": None}
+
+    def show(answer: dict) -> None:
+        progress = answer.get("output") if answer.get("status") == "IN_PROGRESS" else None
+        if isinstance(progress, dict) and "percent" in progress:
+            if bar is not None:
+                bar.n = progress["percent"]
+                bar.set_postfix_str(progress.get("phase", ""))
+                bar.refresh()
+            elif progress.get("phase") != last["phase"]:
+                log.info("job %s: %s (%s%%)", job_id, progress.get("phase"), progress["percent"])
+                last["phase"] = progress.get("phase")
+
+    try:
+        output = client.wait(job_id, timeout_s=args.timeout, on_status=show)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.download:
+        output["video_path"] = str(download(output["video_url"], Path(args.download) / f"{job_id}.mp4"))
+    _print(args, {"id": job_id, **output}, f"{job_id} done in {output.get('generation_time')} s: "
+           f"{output.get('video_path') or output.get('video_url')}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    answer = _client(args).status(args.job)
+    _print(args, answer, f"{answer.get('id')}: {answer.get('status')}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    answer = _client(args).cancel(args.job)
+    _print(args, answer, f"{answer.get('id')}: {answer.get('status')}")
+    return 0
+
+
+def cmd_retry(args) -> int:
+    answer = _client(args).retry(args.job)
+    _print(args, answer, f"{answer.get('id')}: {answer.get('status')}")
+    return 0
+
+
+def cmd_purge(args) -> int:
+    answer = _client(args).purge_queue()
+    _print(args, answer, f"removed {answer.get('removed', 0)} queued jobs")
+    return 0
+
+
+def cmd_health(args) -> int:
+    health = _client(args).health()
+    _print(args, {"jobs": health.jobs, "workers": health.workers}, health.line())
+    return 0
+
+
+def cmd_workers(args) -> int:
+    management = _client(args).management
+    count = {"up": 1, "down": 0, "set": args.count}[args.action]
+    if count is None:
+        raise SystemExit("wan-i2v workers set: give the number of min workers")
+    if args.action == "down" and not args.force:
+        scaled, health = management.scale_down_if_idle()
+        if not scaled:
+            print(f"not scaling down, the endpoint is busy ({health.line()}); use --force", file=sys.stderr)
+            return 1
+        answer = {"workers": {"min": 0}}
+    else:
+        answer = management.set_workers(min_workers=count, max_workers=args.max)
+    if args.wait and count > 0:
+        management.wait_ready(timeout_s=args.timeout, poll_s=5, on_poll=lambda h, s: log.info("%3.0f s  %s", s, h.line()))
+    _print(args, answer, f"min workers set to {count}")
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from .batch import DEFAULT_PRICE_PER_GPU_S, BatchRunner, list_images, plan_jobs, print_plan, read_prompts
+    from .ledger import Ledger
+
+    price = args.price_per_second if args.price_per_second is not None else DEFAULT_PRICE_PER_GPU_S
+    download_dir = Path(args.download).resolve() if args.download else None
+    ledger_path = Path(args.ledger) if args.ledger else (download_dir or Path.cwd()) / "wan-i2v-batch.sqlite"
+    if args.resume:
+        if not ledger_path.exists():
+            raise SystemExit(f"wan-i2v batch --resume: no ledger at {ledger_path}")
+        ledger = Ledger(ledger_path)
+        settings = ledger.settings() or {}
+        download_dir = download_dir or (Path(settings["download"]) if settings.get("download") else None)
+    else:
+        if not args.prompts or not args.images_dir:
+            raise SystemExit("wan-i2v batch: give PROMPTS_FILE and --images-dir (or --resume)")
+        jobs = plan_jobs(list_images(Path(args.images_dir)), read_prompts(Path(args.prompts)), args.one_to_one, _job_fields(args))
+        if args.dry_run:
+            measured = []
+            if ledger_path.exists():
+                done = Ledger(ledger_path).rows(("completed",))
+                measured = [(r.fields, r.generation_time) for r in done if r.generation_time]
+            print_plan(jobs, measured, price)
+            return 0
+        if ledger_path.exists() and Ledger(ledger_path).rows():
+            raise SystemExit(f"wan-i2v batch: {ledger_path} already holds a batch; --resume it or pass --ledger NEW")
+        ledger = Ledger(ledger_path)
+        ledger.plan(jobs, {"download": str(download_dir) if download_dir else None})
+
+    counts = ledger.counts()
+    total = sum(counts.values())
+    bar = _progress_bar(total, counts["completed"] + counts["failed"] + counts["cancelled"], "batch")
+
+    def on_change(row, state):
+        if bar is not None and state in ("completed", "failed", "cancelled"):
+            bar.update(1)
+        elif bar is None and state != "submitting":
+            log.info("job %d/%d %s%s", row.position + 1, total, state, f" ({row.job_id})" if row.job_id else "")
+
+    runner = BatchRunner(
+        client=_client(args),
+        ledger=ledger,
+        download_dir=download_dir,
+        manage_workers=not args.no_manage_workers,
+        max_in_flight=args.max_in_flight,
+        retries=args.retries,
+        poll_s=args.poll,
+        price_per_gpu_s=price,
+        on_change=on_change,
+    )
+    try:
+        counts = runner.run()
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds, dollars = runner.cost()
+    summary = {"counts": counts, "gpu_seconds": round(seconds, 1), "cost_usd": round(dollars, 4),
+               "ledger": str(ledger_path), "index": str(download_dir / "index.csv") if download_dir else None}
+    _print(args, summary, f"{counts['completed']} completed, {counts['failed']} failed, {counts['cancelled']} cancelled; "
+           f"{seconds:.1f} GPU s, about ${dollars:.4f}; ledger {ledger_path}"
+           + (f"; videos and index.csv in {download_dir}" if download_dir else ""))
+    return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else 1
+
+
+def cmd_dev_endpoint(args) -> int:
+    from .devserver import DevEndpoint
+
+    endpoint = DevEndpoint(
+        api_key=args.api_key or "",
+        endpoint_id=args.endpoint_id,
+        port=args.port,
+        host=args.host,
+        workers_max=args.workers_max,
+        idle_timeout_s=args.idle_timeout,
+        handler=Path(args.handler),
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+    ).start()
+    print(f"dev endpoint: RUNPOD_ENDPOINT_BASE_URL={endpoint.url}/v2 RUNPOD_ENDPOINT_ID={args.endpoint_id}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        endpoint.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def common(defaults: bool) -> argparse.ArgumentParser:
+        # Accepted before or after the command; a subcommand's copy only overrides when given.
+        p = argparse.ArgumentParser(add_help=False, argument_default=None if defaults else argparse.SUPPRESS)
+        p.add_argument("--endpoint", help="endpoint id (default: RUNPOD_ENDPOINT_ID)")
+        p.add_argument("--api-key", help="RunPod API key (default: RUNPOD_API_KEY)")
+        p.add_argument("--base-url", help="queue API base URL (default: RUNPOD_ENDPOINT_BASE_URL or RunPod's)")
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.add_argument("-v", "--verbose", action="store_true")
+        return p
+
+    parser = argparse.ArgumentParser(
+        prog="wan-i2v", description="Operate a wan-i2v endpoint on RunPod.", parents=[common(True)]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    shared = common(False)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[shared], **k)
+
+    p = sub.add_parser("generate", help="submit one job; --wait for it, --download its video")
+    p.add_argument("image", help="local image file, http(s) URL or data URI")
+    _add_job_fields(p)
+    p.add_argument("--wait", action="store_true", help="wait until the job ends")
+    p.add_argument("--download", metavar="DIR", help="wait, then save the MP4 into DIR")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait (default 3600)")
+    p.set_defaults(run=cmd_generate)
+
+    for name, run, text in (("status", cmd_status, "a job's status"), ("cancel", cmd_cancel, "cancel a job"),
+                            ("retry", cmd_retry, "retry a FAILED or TIMED_OUT job")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job")
+        p.set_defaults(run=run)
+    sub.add_parser("purge-queue", help="remove every queued job").set_defaults(run=cmd_purge)
+    sub.add_parser("health", help="the endpoint's job and worker counts").set_defaults(run=cmd_health)
+
+    p = sub.add_parser("workers", help="min workers: up (1), down (0, only when idle), set N")
+    p.add_argument("action", choices=["up", "down", "set"])
+    p.add_argument("count", nargs="?", type=int)
+    p.add_argument("--max", type=int, help="also set max workers")
+    p.add_argument("--wait", action="store_true", help="wait until a worker is ready")
+    p.add_argument("--force", action="store_true", help="down even while jobs are queued or running")
+    p.add_argument("--timeout", type=float, default=420)
+    p.set_defaults(run=cmd_workers)
+
+    p = sub.add_parser("batch", help="every image x every prompt, with a resumable ledger")
+    p.add_argument("prompts", nargs="?", metavar="PROMPTS_FILE", help="prompts separated by --- lines or blank lines")
+    p.add_argument("--images-dir", help="folder of .jpg/.jpeg/.png/.webp/.gif images")
+    p.add_argument("--one-to-one", action="store_true", help="pair images and prompts in order instead")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and the estimated cost; submit nothing")
+    p.add_argument("--download", metavar="DIR", help="save each finished video (and index.csv) into DIR")
+    p.add_argument("--ledger", help="ledger file (default: DIR/wan-i2v-batch.sqlite)")
+    p.add_argument("--resume", action="store_true", help="continue the batch in the ledger")
+    p.add_argument("--no-manage-workers", action="store_true", help="leave min workers alone")
+    p.add_argument("--max-in-flight", type=int, default=4, help="jobs submitted and not yet finished (default 4)")
+    p.add_argument("--retries", type=int, default=1, help="retries of a FAILED or TIMED_OUT job (default 1)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between status polls (default 5)")
+    p.add_argument("--price-per-second", type=float, help="USD per GPU-second for the cost estimate")
+    _add_job_fields(p)
+    p.set_defaults(run=cmd_batch)
+
+    p = sub.add_parser("dev-endpoint", help="a local RunPod-compatible endpoint running handler.py workers")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--endpoint-id", default="dev")
+    p.add_argument("--workers-max", type=int, default=1)
+    p.add_argument("--idle-timeout", type=float, default=5.0, help="seconds before an idle extra worker stops")
+    p.add_argument("--handler", default="handler.py", help="the worker's handler.py (default: ./handler.py)")
+    p.add_argument("--log-dir", help="write each worker's output to DIR/worker-N.log")
+    p.set_defaults(run=cmd_dev_endpoint)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    if args.command == "dev-endpoint" and not args.api_key:
+        args.api_key = __import__("os").environ.get("RUNPOD_API_KEY")
+        if not args.api_key:
+            raise SystemExit("wan-i2v dev-endpoint: give --api-key (clients must send it)")
+    try:
+        return args.run(args)
+    except JobFailed as failed:
+        _print(args, {"id": failed.job_id, "status": failed.status, "error": failed.error}, str(failed))
+        return 1
+    except (ApiError, ValueError, TimeoutError) as exc:
+        print(f"wan-i2v: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

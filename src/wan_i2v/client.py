@@ -1,0 +1,267 @@
+"""A Python client for a wan-i2v endpoint on RunPod's queue API (or the local dev endpoint).
+
+    client = Client.from_env()                      # RUNPOD_API_KEY, RUNPOD_ENDPOINT_ID
+    output = client.generate({"image": "cat.jpg", "prompt": "the cat blinks"}, download_dir="videos")
+
+No torch, no diffusers: an operator's laptop needs only `pip install wan-i2v`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import mimetypes
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiError, ApiSession
+from .management import Health, Management
+from .settings import BucketSettings
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+RUN_LIMIT_BYTES = 10 * 1000 * 1000  # RunPod's /run request limit
+INLINE_MARGIN_BYTES = 64 * 1024  # room for the rest of the request
+IMAGE_FIELDS = ("image", "last_image")
+
+
+class JobFailed(Exception):
+    """A job ended FAILED, CANCELLED or TIMED_OUT; carries the job's own `error`."""
+
+    def __init__(self, job_id: str, status: str, error: Any):
+        self.job_id, self.status, self.error = job_id, status, error
+        super().__init__(f"job {job_id} {status}: {error}")
+
+
+@dataclass
+class Client:
+    endpoint_id: str
+    api: ApiSession
+    base_url: str = QUEUE_BASE_URL
+    management_base_url: str = MANAGEMENT_BASE_URL
+    bucket: BucketSettings | None = None  # where large local images are uploaded
+    poll_s: float = 5.0
+    max_poll_s: float = 30.0
+    _uploaded: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env=None, **overrides) -> "Client":
+        """Settings from RUNPOD_API_KEY, RUNPOD_ENDPOINT_ID, RUNPOD_ENDPOINT_BASE_URL (the queue API,
+        as RunPod's own SDK reads it), RUNPOD_MANAGEMENT_BASE_URL, and the BUCKET_* variables."""
+        env = os.environ if env is None else env
+        base_url = overrides.pop("base_url", None) or env.get("RUNPOD_ENDPOINT_BASE_URL") or QUEUE_BASE_URL
+        # A non-default queue URL (the dev endpoint) serves management too, unless told otherwise.
+        default_management = MANAGEMENT_BASE_URL if base_url == QUEUE_BASE_URL else base_url
+        endpoint_id = overrides.pop("endpoint_id", None) or env.get("RUNPOD_ENDPOINT_ID") or ""
+        if not endpoint_id:
+            raise ApiError("no endpoint id: pass --endpoint or set RUNPOD_ENDPOINT_ID")
+        return cls(
+            endpoint_id=endpoint_id,
+            api=ApiSession(overrides.pop("api_key", None) or env.get("RUNPOD_API_KEY", "")),
+            base_url=base_url,
+            management_base_url=overrides.pop("management_base_url", None)
+            or env.get("RUNPOD_MANAGEMENT_BASE_URL")
+            or default_management,
+            bucket=BucketSettings.from_env(env),
+            **overrides,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url.rstrip('/')}/{self.endpoint_id}"
+
+    @property
+    def management(self) -> Management:
+        return Management(self.endpoint_id, self.api, self.base_url, self.management_base_url)
+
+    # ---- the queue API ---------------------------------------------------------------------
+    def submit(
+        self,
+        job_input: dict,
+        webhook: str | None = None,
+        execution_timeout_s: float | None = None,
+        ttl_s: float | None = None,
+    ) -> str:
+        """POST /run; local image paths in the input are sent inline or uploaded first. Returns the job id."""
+        body: dict[str, Any] = {"input": self.prepare_input(job_input)}
+        if webhook:
+            body["webhook"] = webhook
+        policy = {}
+        if execution_timeout_s:
+            policy["executionTimeout"] = int(execution_timeout_s * 1000)
+        if ttl_s:
+            policy["ttl"] = int(ttl_s * 1000)
+        if policy:
+            body["policy"] = policy
+        answer = self.api.request("POST", f"{self.url}/run", body)
+        if not isinstance(answer, dict) or not answer.get("id"):
+            raise ApiError(f"/run answered without a job id: {answer!r}")
+        return answer["id"]
+
+    def status(self, job_id: str) -> dict:
+        return self.api.request("GET", f"{self.url}/status/{job_id}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self.api.request("POST", f"{self.url}/cancel/{job_id}")
+
+    def retry(self, job_id: str) -> dict:
+        return self.api.request("POST", f"{self.url}/retry/{job_id}")
+
+    def purge_queue(self) -> dict:
+        return self.api.request("POST", f"{self.url}/purge-queue")
+
+    def health(self) -> Health:
+        return self.management.health()
+
+    def wait(
+        self,
+        job_id: str,
+        timeout_s: float = 3600.0,
+        on_status: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Poll /status with backoff until the job ends. Returns its output; raises JobFailed or TimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        delay = min(1.0, self.poll_s)
+        while True:
+            answer = self.status(job_id)
+            if on_status is not None:
+                on_status(answer)
+            state = answer.get("status")
+            if state == "COMPLETED":
+                return answer.get("output") or {}
+            if state in TERMINAL:
+                raise JobFailed(job_id, state, answer.get("error") or answer.get("output") or state)
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError(f"job {job_id} still {state} after {timeout_s:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, self.max_poll_s, max(self.poll_s, delay))
+
+    def generate(self, job_input: dict, download_dir: Path | None = None, timeout_s: float = 3600.0, **submit):
+        """Submit, wait and (optionally) download: returns the output, with `video_path` when downloaded."""
+        job_id = self.submit(job_input, **submit)
+        output = self.wait(job_id, timeout_s=timeout_s)
+        if download_dir is not None:
+            output["video_path"] = str(download(output["video_url"], Path(download_dir) / f"{job_id}.mp4"))
+        return {"id": job_id, **output}
+
+    def run_batch(
+        self,
+        jobs: list[dict],
+        auto_manage_workers: bool = True,
+        retries: int = 1,
+        timeout_s: float = 3600.0,
+        ready_timeout_s: float = 600.0,
+    ) -> list[dict]:
+        """The seed's process_batch, done carefully: results in input order, each {"id", "output"} or
+        {"id", "status", "error"}. With auto_manage_workers, min workers go to 1 before and back to 0
+        after, in a `finally`, and only when nothing is queued or running."""
+        results: list[dict] = []
+        try:
+            if auto_manage_workers:
+                self.management.enable(1)
+                self.management.wait_ready(timeout_s=ready_timeout_s, poll_s=min(self.poll_s, 5.0))
+            job_ids = [self.submit(job) for job in jobs]
+            for job_id in job_ids:
+                results.append(self._wait_with_retries(job_id, retries, timeout_s))
+        finally:
+            if auto_manage_workers:
+                scaled, health = self.management.scale_down_if_idle()
+                if not scaled:
+                    log.warning("left min workers as they are: %s", health.line())
+        return results
+
+    def _wait_with_retries(self, job_id: str, retries: int, timeout_s: float) -> dict:
+        for attempt in range(retries + 1):
+            try:
+                return {"id": job_id, "output": self.wait(job_id, timeout_s=timeout_s)}
+            except JobFailed as failed:
+                if failed.status not in ("FAILED", "TIMED_OUT") or attempt == retries:
+                    return {"id": job_id, "status": failed.status, "error": failed.error}
+                log.warning("job %s %s (%s); retrying", job_id, failed.status, failed.error)
+                self.retry(job_id)
+        raise AssertionError("unreachable")
+
+    # ---- images ----------------------------------------------------------------------------
+    def prepare_input(self, job_input: dict) -> dict:
+        """Replace local image paths by inline base64 (small) or a presigned bucket URL (large)."""
+        prepared = dict(job_input)
+        for name in IMAGE_FIELDS:
+            value = prepared.get(name)
+            if isinstance(value, (str, os.PathLike)) and _is_local_file(value):
+                prepared[name] = self._image_reference(Path(value), prepared)
+        return prepared
+
+    def _image_reference(self, path: Path, job_input: dict) -> str:
+        data = path.read_bytes()
+        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+        inline = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        others = len(json.dumps({k: v for k, v in job_input.items() if k not in IMAGE_FIELDS}))
+        if len(inline) + others + INLINE_MARGIN_BYTES <= RUN_LIMIT_BYTES // len(IMAGE_FIELDS):
+            return inline
+        return self.upload_image(path, data)
+
+    def upload_image(self, path: Path, data: bytes | None = None) -> str:
+        """Upload once per content (key = SHA256), return a presigned GET URL."""
+        if self.bucket is None:
+            raise ApiError(f"{path} is too large to send inline; set the BUCKET_* variables to upload it")
+        data = path.read_bytes() if data is None else data
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in self._uploaded:
+            return self._uploaded[digest]
+        import boto3  # only needed for large local images
+        from botocore.exceptions import ClientError
+
+        key = f"{self.bucket.prefix}inputs/{digest}{path.suffix.lower()}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.bucket.endpoint_url,
+            aws_access_key_id=self.bucket.access_key_id,
+            aws_secret_access_key=self.bucket.secret_access_key,
+            region_name=self.bucket.region,
+        )
+        try:
+            s3.head_object(Bucket=self.bucket.bucket_name, Key=key)
+        except ClientError:
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            s3.put_object(Bucket=self.bucket.bucket_name, Key=key, Body=data, ContentType=content_type)
+        url = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket.bucket_name, "Key": key}, ExpiresIn=self.bucket.url_expiry_s
+        )
+        self._uploaded[digest] = url
+        return url
+
+
+def _is_local_file(value: str | os.PathLike) -> bool:
+    text = os.fspath(value)
+    return not text.startswith(("http://", "https://", "data:")) and len(text) < 4096 and Path(text).is_file()
+
+
+def download(video_url: str, dest: Path, timeout_s: float = 120.0) -> Path:
+    """Fetch a job's video (https, data: or file:) to `dest`, whole or not at all."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        if video_url.startswith("data:"):
+            partial.write_bytes(base64.b64decode(video_url.split(",", 1)[1]))
+        elif video_url.startswith("file://"):
+            shutil.copyfile(unquote(urlparse(video_url).path), partial)
+        else:
+            with requests.get(video_url, stream=True, timeout=(10, timeout_s)) as response:
+                response.raise_for_status()
+                with open(partial, "wb") as out:
+                    for chunk in response.iter_content(1024 * 1024):
+                        out.write(chunk)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return dest

@@ -1,0 +1,281 @@
+"""The client, management and the `wan-i2v` command against the local RunPod-compatible endpoint.
+
+Workers are real: `python handler.py` in RunPod's worker mode on the tiny model."""
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import encode, picture
+from wan_i2v.api import ApiError, ApiSession
+from wan_i2v.client import Client, JobFailed
+from wan_i2v.devserver import DevEndpoint
+from wan_i2v.management import Health
+from wan_i2v.video import probe_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "test-api-key-never-printed"
+SMALL = {"sample_steps": 15, "frame_num": 17}
+
+
+@pytest.fixture
+def endpoint_factory(tiny_model, tmp_path, monkeypatch):
+    for name in [n for n in os.environ if n.startswith(("BUCKET_", "RUNPOD_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WAN_MODEL", str(tiny_model))
+    monkeypatch.setenv("WAN_OUTPUT_DIR", str(tmp_path / "worker-out"))
+    started = []
+
+    def start(workers_max=1, idle_timeout_s=1.0):
+        endpoint = DevEndpoint(
+            api_key=KEY, handler=ROOT / "handler.py", workers_max=workers_max, idle_timeout_s=idle_timeout_s,
+            log_dir=tmp_path / "worker-logs",
+        ).start()
+        started.append(endpoint)
+        return endpoint
+
+    yield start
+    for endpoint in started:
+        endpoint.close()
+
+
+def client_for(endpoint, **api) -> Client:
+    session = ApiSession(api.pop("api_key", KEY), backoff_s=api.pop("backoff_s", 0.05), **api)
+    return Client(endpoint_id="dev", api=session, base_url=endpoint.url + "/v2", management_base_url=endpoint.url + "/v2",
+                  poll_s=0.3, max_poll_s=1.0)
+
+
+def cli_env(endpoint) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "BUCKET_"))}
+    env.update(RUNPOD_API_KEY=KEY, RUNPOD_ENDPOINT_ID="dev", RUNPOD_ENDPOINT_BASE_URL=endpoint.url + "/v2")
+    return env
+
+
+def wan_i2v(*args) -> list[str]:
+    return [sys.executable, "-m", "wan_i2v.cli", *args]
+
+
+def make_inputs(folder: Path, images: int, prompts: list[str]) -> tuple[Path, Path]:
+    (folder / "images").mkdir(parents=True)
+    shapes = [(208, 120), (120, 208), (160, 160)]
+    for index in range(images):
+        (folder / "images" / f"shot{index}.png").write_bytes(encode(picture(*shapes[index]), "PNG"))
+    (folder / "images" / "README.txt").write_text("not an image")
+    (folder / "prompts.txt").write_text("\n---\n".join(prompts) + "\n")
+    return folder / "images", folder / "prompts.txt"
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_videos(paths, frames=17):
+    for path in paths:
+        info = probe_mp4(Path(path))
+        assert info["frames"] == frames and info["codec"].startswith("h264"), (path, info)
+
+
+def test_batch_of_six_with_worker_management(endpoint_factory, tmp_path):
+    endpoint = endpoint_factory()
+    images, prompts = make_inputs(tmp_path, 3, ["the sun sets", "clouds drift\nslowly by"])
+    download = tmp_path / "videos"
+    done = subprocess.run(
+        wan_i2v("batch", str(prompts), "--images-dir", str(images), "--download", str(download), "--poll", "0.5",
+                "--max-in-flight", "2", "--sample-steps", "15", "--frame-num", "17", "--seed", "1"),
+        env=cli_env(endpoint), capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 completed, 0 failed, 0 cancelled" in done.stdout
+    rows = list(csv.DictReader(open(download / "index.csv")))
+    assert len(rows) == 6 and {r["state"] for r in rows} == {"completed"}
+    assert {(Path(r["image"]).name, r["prompt"]) for r in rows} == {
+        (f"shot{i}.png", p) for i in range(3) for p in ("the sun sets", "clouds drift slowly by")
+    }
+    assert_videos(r["video_path"] for r in rows)
+    assert sorted(p.name for p in download.glob("*.mp4")) == sorted(Path(r["video_path"]).name for r in rows)
+
+    assert endpoint.min_workers == 0, "workers were not set back to 0"
+    health = client_for(endpoint).health()
+    assert health.jobs == {"completed": 6, "failed": 0, "inProgress": 0, "inQueue": 0, "retried": 0}
+    assert len(endpoint.submissions) == 6
+    wait_until(lambda: client_for(endpoint).health().workers["idle"] == 0, 30, "the idle worker to stop")
+    assert KEY not in done.stdout + done.stderr
+
+
+def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp_path):
+    endpoint = endpoint_factory()
+    images, prompts = make_inputs(tmp_path, 2, ["waves roll in", "birds fly away"])
+    download = tmp_path / "videos"
+    ledger = download / "wan-i2v-batch.sqlite"
+    args = ["batch", str(prompts), "--images-dir", str(images), "--download", str(download), "--poll", "0.5",
+            "--max-in-flight", "1", "--sample-steps", "15", "--frame-num", "17"]
+    first = subprocess.Popen(wan_i2v(*args), env=cli_env(endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def states():
+        if not ledger.exists():
+            return None
+        with sqlite3.connect(ledger) as db:
+            return [state for (state,) in db.execute("SELECT state FROM jobs ORDER BY position")]
+
+    # Kill while the second job runs: one finished and downloaded, one in flight, two never sent.
+    wait_until(lambda: (s := states()) and s.count("completed") == 1 and "running" in s, 300, "the 2nd job to run")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert states().count("pending") == 2
+
+    resumed = subprocess.run(wan_i2v("batch", "--resume", "--ledger", str(ledger), "--poll", "0.5"),
+                             env=cli_env(endpoint), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert states() == ["completed"] * 4
+    sent = [(s["input"]["image"], s["input"]["prompt"]) for s in endpoint.submissions]
+    assert len(sent) == 4 and len(set(sent)) == 4, "a job was submitted twice"
+    rows = list(csv.DictReader(open(download / "index.csv")))
+    assert len(rows) == 4
+    assert_videos(r["video_path"] for r in rows)
+    assert endpoint.min_workers == 0
+
+
+def test_cancel_purge_and_defensive_scale_down(endpoint_factory):
+    endpoint = endpoint_factory(workers_max=0)  # no worker ever starts: jobs stay queued
+    client = client_for(endpoint)
+    ids = [client.submit({"image": "https://example.invalid/x.png", **SMALL}) for _ in range(3)]
+    assert client.status(ids[0])["status"] == "IN_QUEUE"
+    assert client.cancel(ids[0]) == {"id": ids[0], "status": "CANCELLED"}
+    assert client.status(ids[0])["status"] == "CANCELLED"
+    with pytest.raises(JobFailed) as caught:
+        client.wait(ids[0], timeout_s=5)
+    assert caught.value.status == "CANCELLED"
+
+    client.management.set_workers(min_workers=0, max_workers=0)
+    client.management.api.request("PATCH", client.management.endpoint_url, {"workers": {"min": 0}})
+    endpoint.min_workers = 1
+    scaled, health = client.management.scale_down_if_idle()
+    assert not scaled and health.jobs["inQueue"] == 2 and endpoint.min_workers == 1
+
+    assert client.purge_queue() == {"removed": 2, "status": "completed"}
+    assert client.health().jobs["inQueue"] == 0
+    assert client.management.scale_down_if_idle()[0] and endpoint.min_workers == 0
+
+
+def test_failed_job_retry_and_runpods_own_sdk(endpoint_factory, monkeypatch):
+    endpoint = endpoint_factory()
+    client = client_for(endpoint)
+    bad = client.submit({"image": json.loads((ROOT / "test_input.json").read_text())["input"]["image"], "frame_num": 80})
+    with pytest.raises(JobFailed) as caught:
+        client.wait(bad, timeout_s=300)
+    assert caught.value.status == "FAILED" and "frame_num: 80 is not allowed" in str(caught.value.error)
+    assert client.retry(bad) == {"id": bad, "status": "IN_QUEUE"}
+    with pytest.raises(JobFailed):
+        client.wait(bad, timeout_s=300)
+    assert client.health().jobs["retried"] == 1
+
+    import runpod
+
+    monkeypatch.setattr(runpod, "api_key", KEY)
+    monkeypatch.setattr(runpod, "endpoint_url_base", endpoint.url + "/v2")
+    job = runpod.Endpoint("dev").run(json.loads((ROOT / "test_input.json").read_text())["input"])
+    output = job.output(timeout=300)
+    assert job.status() == "COMPLETED" and output["frame_num"] == 17
+    with pytest.raises(ApiError) as not_retryable:
+        client.retry(job.job_id)
+    assert not_retryable.value.status == 400 and "only FAILED or TIMED_OUT" in str(not_retryable.value)
+
+
+def test_429_and_5xx_are_retried_with_backoff_4xx_are_not(endpoint_factory):
+    endpoint = endpoint_factory(workers_max=0)
+    sleeps = []
+    client = client_for(endpoint, backoff_s=1.0, retries=5, sleep=sleeps.append)
+    endpoint.faults.extend([503, 502, 500, 504])
+    assert client.health().jobs["inQueue"] == 0
+    assert not endpoint.faults and len(sleeps) == 4
+    for attempt, delay in enumerate(sleeps):  # exponential with jitter: base 2**attempt, half to full
+        assert 2**attempt / 2 <= delay <= 2**attempt
+    sleeps.clear()
+    endpoint.faults.extend([429])  # 429 honours Retry-After (the endpoint sends 0)
+    client.health()
+    assert sleeps == [0.0]
+
+    sleeps.clear()
+    endpoint.faults.extend([503, 503, 503])
+    impatient = client_for(endpoint, retries=1, sleep=sleeps.append)
+    with pytest.raises(ApiError, match=r"failed after 2 tries: injected fault 503") as caught:
+        impatient.health()
+    assert caught.value.status == 503 and len(sleeps) == 1
+    endpoint.faults.clear()
+
+    sleeps.clear()
+    with pytest.raises(ApiError) as missing:
+        client.status("no-such-job")
+    assert missing.value.status == 404 and sleeps == []
+
+
+def test_a_bad_api_key_is_refused_clearly(endpoint_factory):
+    endpoint = endpoint_factory(workers_max=0)
+    with pytest.raises(ApiError) as caught:
+        client_for(endpoint, api_key="wrong-key-123").health()
+    assert caught.value.status == 401 and "wrong-key-123" not in str(caught.value)
+    env = {**cli_env(endpoint), "RUNPOD_API_KEY": "wrong-key-123"}
+    done = subprocess.run(wan_i2v("health"), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "HTTP 401" in done.stderr and "wrong-key-123" not in done.stderr
+    missing = subprocess.run(wan_i2v("health"), env={**env, "RUNPOD_API_KEY": ""}, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no RunPod API key" in missing.stderr
+
+
+def test_health_is_read_defensively():
+    health = Health.parse({"jobs": {"completed": 3, "inQueue": "x", "weird": 5}, "workers": {"idle": True, "ready": 2}})
+    assert health.jobs == {"completed": 3, "failed": 0, "inProgress": 0, "inQueue": 0, "retried": 0}
+    assert health.workers["idle"] == 0 and health.workers_up == 2
+    assert Health.parse(None).workers_up == 0 and Health.parse({"workers": []}).busy is False
+
+
+def test_local_images_go_inline_or_are_uploaded_once(bucket_env, tmp_path, monkeypatch):
+    from wan_i2v import client as client_module
+    from wan_i2v.settings import BucketSettings
+
+    image = tmp_path / "shot.png"
+    image.write_bytes(encode(picture(), "PNG"))
+    client = Client(endpoint_id="dev", api=ApiSession("k"), bucket=BucketSettings.from_env(bucket_env))
+    inline = client.prepare_input({"image": str(image), "prompt": "x"})
+    assert inline["image"].startswith("data:image/png;base64,") and inline["prompt"] == "x"
+
+    monkeypatch.setattr(client_module, "RUN_LIMIT_BYTES", 1000)  # as if the image were 10 MB
+    first = client.prepare_input({"image": str(image), "last_image": str(image)})
+    again = Client(endpoint_id="dev", api=ApiSession("k"), bucket=client.bucket).prepare_input({"image": str(image)})
+    assert first["image"].startswith(bucket_env["BUCKET_ENDPOINT_URL"]) and first["image"] == first["last_image"]
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=bucket_env["BUCKET_ENDPOINT_URL"], aws_access_key_id="x",
+                      aws_secret_access_key="x", region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"])["Contents"]]
+    assert len(keys) == 1 and "/inputs/" in keys[0] and again["image"].split("?")[0] == first["image"].split("?")[0]
+    no_bucket = Client(endpoint_id="dev", api=ApiSession("k"))
+    with pytest.raises(ApiError, match="too large to send inline; set the BUCKET_"):
+        no_bucket.prepare_input({"image": str(image)})
+
+
+def test_dry_run_lists_jobs_and_cost_without_submitting(endpoint_factory, tmp_path):
+    endpoint = endpoint_factory(workers_max=0)
+    images, prompts = make_inputs(tmp_path, 2, ["a", "b", "c"])
+    done = subprocess.run(
+        wan_i2v("batch", str(prompts), "--images-dir", str(images), "--dry-run", "--resolution", "720p",
+                "--price-per-second", "0.001"),
+        env=cli_env(endpoint), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 7 and lines[-1].startswith("6 jobs, about ") and "$0.001/GPU-second" in lines[-1]
+    assert endpoint.submissions == [] and not (tmp_path / "wan-i2v-batch.sqlite").exists()
