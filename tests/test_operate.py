@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import encode, picture
+
 from wan_i2v.api import ApiError, ApiSession
 from wan_i2v.client import Client, JobFailed
 from wan_i2v.devserver import DevEndpoint
@@ -36,7 +36,10 @@ def endpoint_factory(tiny_model, tmp_path, monkeypatch):
 
     def start(workers_max=1, idle_timeout_s=1.0):
         endpoint = DevEndpoint(
-            api_key=KEY, handler=ROOT / "handler.py", workers_max=workers_max, idle_timeout_s=idle_timeout_s,
+            api_key=KEY,
+            handler=ROOT / "handler.py",
+            workers_max=workers_max,
+            idle_timeout_s=idle_timeout_s,
             log_dir=tmp_path / "worker-logs",
         ).start()
         started.append(endpoint)
@@ -49,8 +52,14 @@ def endpoint_factory(tiny_model, tmp_path, monkeypatch):
 
 def client_for(endpoint, **api) -> Client:
     session = ApiSession(api.pop("api_key", KEY), backoff_s=api.pop("backoff_s", 0.05), **api)
-    return Client(endpoint_id="dev", api=session, base_url=endpoint.url + "/v2", management_base_url=endpoint.url + "/v2",
-                  poll_s=0.3, max_poll_s=1.0)
+    return Client(
+        endpoint_id="dev",
+        api=session,
+        base_url=endpoint.url + "/v2",
+        management_base_url=endpoint.url + "/v2",
+        poll_s=0.3,
+        max_poll_s=1.0,
+    )
 
 
 def cli_env(endpoint) -> dict:
@@ -94,9 +103,28 @@ def test_batch_of_six_with_worker_management(endpoint_factory, tmp_path):
     images, prompts = make_inputs(tmp_path, 3, ["the sun sets", "clouds drift\nslowly by"])
     download = tmp_path / "videos"
     done = subprocess.run(
-        wan_i2v("batch", str(prompts), "--images-dir", str(images), "--download", str(download), "--poll", "0.5",
-                "--max-in-flight", "2", "--sample-steps", "15", "--frame-num", "17", "--seed", "1"),
-        env=cli_env(endpoint), capture_output=True, text=True, timeout=900,
+        wan_i2v(
+            "batch",
+            str(prompts),
+            "--images-dir",
+            str(images),
+            "--download",
+            str(download),
+            "--poll",
+            "0.5",
+            "--max-in-flight",
+            "2",
+            "--sample-steps",
+            "15",
+            "--frame-num",
+            "17",
+            "--seed",
+            "1",
+        ),
+        env=cli_env(endpoint),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "6 completed, 0 failed, 0 cancelled" in done.stdout
@@ -114,6 +142,8 @@ def test_batch_of_six_with_worker_management(endpoint_factory, tmp_path):
     assert len(endpoint.submissions) == 6
     wait_until(lambda: client_for(endpoint).health().workers["idle"] == 0, 30, "the idle worker to stop")
     assert KEY not in done.stdout + done.stderr
+    worker_logs = "".join(p.read_text() for p in (tmp_path / "worker-logs").glob("*.log"))
+    assert "Started." in worker_logs and "Network connectivity" not in worker_logs  # stays on loopback
 
 
 def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp_path):
@@ -121,9 +151,25 @@ def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp
     images, prompts = make_inputs(tmp_path, 2, ["waves roll in", "birds fly away"])
     download = tmp_path / "videos"
     ledger = download / "wan-i2v-batch.sqlite"
-    args = ["batch", str(prompts), "--images-dir", str(images), "--download", str(download), "--poll", "0.5",
-            "--max-in-flight", "1", "--sample-steps", "15", "--frame-num", "17"]
-    first = subprocess.Popen(wan_i2v(*args), env=cli_env(endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "batch",
+        str(prompts),
+        "--images-dir",
+        str(images),
+        "--download",
+        str(download),
+        "--poll",
+        "0.5",
+        "--max-in-flight",
+        "1",
+        "--sample-steps",
+        "15",
+        "--frame-num",
+        "17",
+    ]
+    first = subprocess.Popen(
+        wan_i2v(*args), env=cli_env(endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
     def states():
         if not ledger.exists():
@@ -137,8 +183,13 @@ def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp
     first.wait()
     assert states().count("pending") == 2
 
-    resumed = subprocess.run(wan_i2v("batch", "--resume", "--ledger", str(ledger), "--poll", "0.5"),
-                             env=cli_env(endpoint), capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        wan_i2v("batch", "--resume", "--ledger", str(ledger), "--poll", "0.5"),
+        env=cli_env(endpoint),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert states() == ["completed"] * 4
     sent = [(s["input"]["image"], s["input"]["prompt"]) for s in endpoint.submissions]
@@ -174,7 +225,9 @@ def test_cancel_purge_and_defensive_scale_down(endpoint_factory):
 def test_failed_job_retry_and_runpods_own_sdk(endpoint_factory, monkeypatch):
     endpoint = endpoint_factory()
     client = client_for(endpoint)
-    bad = client.submit({"image": json.loads((ROOT / "test_input.json").read_text())["input"]["image"], "frame_num": 80})
+    bad = client.submit(
+        {"image": json.loads((ROOT / "test_input.json").read_text())["input"]["image"], "frame_num": 80}
+    )
     with pytest.raises(JobFailed) as caught:
         client.wait(bad, timeout_s=300)
     assert caught.value.status == "FAILED" and "frame_num: 80 is not allowed" in str(caught.value.error)
@@ -235,6 +288,18 @@ def test_a_bad_api_key_is_refused_clearly(endpoint_factory):
     assert missing.returncode == 2 and "no RunPod API key" in missing.stderr
 
 
+def test_the_client_side_never_imports_the_model_stack():
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'diffusers', 'transformers', 'PIL', 'boto3', 'runpod'):\n"
+        "    sys.modules[name] = None\n"
+        "import wan_i2v.cli, wan_i2v.client, wan_i2v.batch, wan_i2v.management, wan_i2v.devserver\n"
+        "wan_i2v.cli.build_parser()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_health_is_read_defensively():
     health = Health.parse({"jobs": {"completed": 3, "inQueue": "x", "weird": 5}, "workers": {"idle": True, "ready": 2}})
     assert health.jobs == {"completed": 3, "failed": 0, "inProgress": 0, "inQueue": 0, "retried": 0}
@@ -258,8 +323,13 @@ def test_local_images_go_inline_or_are_uploaded_once(bucket_env, tmp_path, monke
     assert first["image"].startswith(bucket_env["BUCKET_ENDPOINT_URL"]) and first["image"] == first["last_image"]
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=bucket_env["BUCKET_ENDPOINT_URL"], aws_access_key_id="x",
-                      aws_secret_access_key="x", region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=bucket_env["BUCKET_ENDPOINT_URL"],
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        region_name="us-east-1",
+    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"])["Contents"]]
     assert len(keys) == 1 and "/inputs/" in keys[0] and again["image"].split("?")[0] == first["image"].split("?")[0]
     no_bucket = Client(endpoint_id="dev", api=ApiSession("k"))
@@ -271,9 +341,21 @@ def test_dry_run_lists_jobs_and_cost_without_submitting(endpoint_factory, tmp_pa
     endpoint = endpoint_factory(workers_max=0)
     images, prompts = make_inputs(tmp_path, 2, ["a", "b", "c"])
     done = subprocess.run(
-        wan_i2v("batch", str(prompts), "--images-dir", str(images), "--dry-run", "--resolution", "720p",
-                "--price-per-second", "0.001"),
-        env=cli_env(endpoint), capture_output=True, text=True, timeout=60,
+        wan_i2v(
+            "batch",
+            str(prompts),
+            "--images-dir",
+            str(images),
+            "--dry-run",
+            "--resolution",
+            "720p",
+            "--price-per-second",
+            "0.001",
+        ),
+        env=cli_env(endpoint),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()

@@ -1,7 +1,7 @@
 """Bulk runs: every image x every prompt (or pairs), kept in a ledger, resumable, auto-downloaded.
 
-    wan-i2v batch prompts.txt --images-dir shots/ --download videos/
-    wan-i2v batch --resume --ledger videos/wan-i2v-batch.sqlite
+wan-i2v batch prompts.txt --images-dir shots/ --download videos/
+wan-i2v batch --resume --ledger videos/wan-i2v-batch.sqlite
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def plan_jobs(images: list[Path], prompts: list[str], one_to_one: bool, fields: 
         raise ValueError("no prompts found")
     if one_to_one:
         if len(images) != len(prompts):
-            raise ValueError(f"--one-to-one needs as many prompts as images ({len(prompts)} prompts, {len(images)} images)")
+            raise ValueError(
+                f"--one-to-one needs as many prompts as images ({len(prompts)} prompts, {len(images)} images)"
+            )
         pairs = zip(images, prompts, strict=True)
     else:
         pairs = ((image, prompt) for image in images for prompt in prompts)
@@ -167,8 +169,17 @@ class BatchRunner:
             for row in self.ledger.rows():
                 seed = (row.output or {}).get("seed", "")
                 writer.writerow(
-                    [row.position + 1, row.image, row.prompt, row.state, row.job_id or "", row.video_path or "",
-                     seed, row.generation_time or "", row.error or ""]
+                    [
+                        row.position + 1,
+                        row.image,
+                        row.prompt,
+                        row.state,
+                        row.job_id or "",
+                        row.video_path or "",
+                        seed,
+                        row.generation_time or "",
+                        row.error or "",
+                    ]
                 )
         partial.replace(index)
         return index
@@ -179,11 +190,15 @@ class BatchRunner:
         return seconds, seconds * self.price_per_gpu_s
 
 
-def print_plan(jobs: list[tuple[str, str, dict]], measured: list[tuple[dict, float]], price: float, out=sys.stdout) -> float:
+def print_plan(
+    jobs: list[tuple[str, str, dict]], measured: list[tuple[dict, float]], price: float, out=sys.stdout
+) -> float:
     total = 0.0
     for position, (image, prompt, fields) in enumerate(jobs, 1):
         seconds = estimate_seconds(fields, measured)
         total += seconds
         print(f"{position:4d}  {Path(image).name}  {prompt[:60]!r}  ~{seconds:.0f} GPU s", file=out)
-    print(f"{len(jobs)} jobs, about {total:.0f} GPU seconds, about ${total * price:.2f} at ${price}/GPU-second", file=out)
+    print(
+        f"{len(jobs)} jobs, about {total:.0f} GPU seconds, about ${total * price:.2f} at ${price}/GPU-second", file=out
+    )
     return total

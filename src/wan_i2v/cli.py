@@ -92,8 +92,11 @@ def cmd_generate(args) -> int:
             bar.close()
     if args.download:
         output["video_path"] = str(download(output["video_url"], Path(args.download) / f"{job_id}.mp4"))
-    _print(args, {"id": job_id, **output}, f"{job_id} done in {output.get('generation_time')} s: "
-           f"{output.get('video_path') or output.get('video_url')}")
+    _print(
+        args,
+        {"id": job_id, **output},
+        f"{job_id} done in {output.get('generation_time')} s: {output.get('video_path') or output.get('video_url')}",
+    )
     return 0
 
 
@@ -141,7 +144,9 @@ def cmd_workers(args) -> int:
     else:
         answer = management.set_workers(min_workers=count, max_workers=args.max)
     if args.wait and count > 0:
-        management.wait_ready(timeout_s=args.timeout, poll_s=5, on_poll=lambda h, s: log.info("%3.0f s  %s", s, h.line()))
+        management.wait_ready(
+            timeout_s=args.timeout, poll_s=5, on_poll=lambda h, s: log.info("%3.0f s  %s", s, h.line())
+        )
     _print(args, answer, f"min workers set to {count}")
     return 0
 
@@ -162,7 +167,9 @@ def cmd_batch(args) -> int:
     else:
         if not args.prompts or not args.images_dir:
             raise SystemExit("wan-i2v batch: give PROMPTS_FILE and --images-dir (or --resume)")
-        jobs = plan_jobs(list_images(Path(args.images_dir)), read_prompts(Path(args.prompts)), args.one_to_one, _job_fields(args))
+        jobs = plan_jobs(
+            list_images(Path(args.images_dir)), read_prompts(Path(args.prompts)), args.one_to_one, _job_fields(args)
+        )
         if args.dry_run:
             measured = []
             if ledger_path.exists():
@@ -202,11 +209,20 @@ def cmd_batch(args) -> int:
         if bar is not None:
             bar.close()
     seconds, dollars = runner.cost()
-    summary = {"counts": counts, "gpu_seconds": round(seconds, 1), "cost_usd": round(dollars, 4),
-               "ledger": str(ledger_path), "index": str(download_dir / "index.csv") if download_dir else None}
-    _print(args, summary, f"{counts['completed']} completed, {counts['failed']} failed, {counts['cancelled']} cancelled; "
-           f"{seconds:.1f} GPU s, about ${dollars:.4f}; ledger {ledger_path}"
-           + (f"; videos and index.csv in {download_dir}" if download_dir else ""))
+    summary = {
+        "counts": counts,
+        "gpu_seconds": round(seconds, 1),
+        "cost_usd": round(dollars, 4),
+        "ledger": str(ledger_path),
+        "index": str(download_dir / "index.csv") if download_dir else None,
+    }
+    _print(
+        args,
+        summary,
+        f"{counts['completed']} completed, {counts['failed']} failed, {counts['cancelled']} cancelled; "
+        f"{seconds:.1f} GPU s, about ${dollars:.4f}; ledger {ledger_path}"
+        + (f"; videos and index.csv in {download_dir}" if download_dir else ""),
+    )
     return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else 1
 
 
@@ -261,8 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait (default 3600)")
     p.set_defaults(run=cmd_generate)
 
-    for name, run, text in (("status", cmd_status, "a job's status"), ("cancel", cmd_cancel, "cancel a job"),
-                            ("retry", cmd_retry, "retry a FAILED or TIMED_OUT job")):
+    for name, run, text in (
+        ("status", cmd_status, "a job's status"),
+        ("cancel", cmd_cancel, "cancel a job"),
+        ("retry", cmd_retry, "retry a FAILED or TIMED_OUT job"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("job")
         p.set_defaults(run=run)
@@ -308,8 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     if args.command == "dev-endpoint" and not args.api_key:
         args.api_key = __import__("os").environ.get("RUNPOD_API_KEY")
         if not args.api_key:

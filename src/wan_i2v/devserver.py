@@ -121,7 +121,13 @@ class DevEndpoint:
     def start(self) -> "DevEndpoint":
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         threading.Thread(target=self._scale_loop, daemon=True).start()
-        log.info("dev endpoint %s at %s/v2/%s (workers max %d)", self.endpoint_id, self.url, self.endpoint_id, self.max_workers)
+        log.info(
+            "dev endpoint %s at %s/v2/%s (workers max %d)",
+            self.endpoint_id,
+            self.url,
+            self.endpoint_id,
+            self.max_workers,
+        )
         return self
 
     def close(self) -> None:
@@ -151,13 +157,19 @@ class DevEndpoint:
             RUNPOD_WEBHOOK_GET_JOB=f"{self.url}/dev/job-take/$ID?token={self.token}",
             RUNPOD_WEBHOOK_POST_OUTPUT=f"{self.url}/dev/job-done/$RUNPOD_POD_ID/$ID?token={self.token}",
             PYTHONUNBUFFERED="1",
+            # The SDK's start-up checks would open a connection to 8.8.8.8: a local endpoint stays on loopback.
+            RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true",
         )
         output = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             output = open(self.log_dir / f"{worker_id}.log", "ab")
         process = subprocess.Popen(
-            [sys.executable, str(self.handler)], cwd=self.handler.parent, env=env, stdout=output, stderr=subprocess.STDOUT
+            [sys.executable, str(self.handler)],
+            cwd=self.handler.parent,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
         if output is not subprocess.DEVNULL:
             output.close()

@@ -85,7 +85,8 @@ class Ledger:
                     (job_key(image, prompt, fields), position, image, prompt, json.dumps(fields, sort_keys=True), now),
                 )
             self.db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('settings', ?)", (json.dumps(settings, sort_keys=True),)
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('settings', ?)",
+                (json.dumps(settings, sort_keys=True),),
             )
 
     def settings(self) -> dict | None:
