@@ -7,9 +7,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import boto3
 import pytest
-from helpers import free_port, wait_for_port
+from helpers import free_port, s3_client, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,9 +50,7 @@ def bucket_env(s3_endpoint, request):
     """Environment naming a fresh bucket on the loopback S3 server."""
     name = "wan-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]")
     name = "".join(c if c.isalnum() or c == "-" else "-" for c in name)
-    boto3.client(
-        "s3", endpoint_url=s3_endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
-    ).create_bucket(Bucket=name)
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
     return {
         "BUCKET_ENDPOINT_URL": s3_endpoint,
         "BUCKET_ACCESS_KEY_ID": "test-access-key",

@@ -48,3 +48,17 @@ def wait_for_port(port: int, timeout: float, process=None) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def s3_client(endpoint_url: str):
+    """A boto3 client for the loopback S3 server (it takes any key pair)."""
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint_url, aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1"
+    )
+
+
+def bucket_keys(bucket_env: dict) -> list[str]:
+    listing = s3_client(bucket_env["BUCKET_ENDPOINT_URL"]).list_objects_v2(Bucket=bucket_env["BUCKET_NAME"])
+    return [item["Key"] for item in listing.get("Contents", [])]

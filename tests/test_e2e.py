@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import data_uri, encode, free_port, picture, wait_for_port
+from helpers import bucket_keys, data_uri, encode, free_port, picture, wait_for_port
 
 from wan_i2v.video import probe_mp4
 
@@ -141,14 +141,5 @@ def test_job_s3config_uploads_there_and_its_secret_stays_out_of_logs(tiny_model,
     assert done.returncode == 0, logs[-3000:]
     assert "'storage': 's3'" in logs and not out.exists()
     assert secret not in logs
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=bucket_env["BUCKET_ENDPOINT_URL"],
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        region_name="us-east-1",
-    )
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"])["Contents"]]
+    keys = bucket_keys(bucket_env)
     assert len(keys) == 1 and keys[0].startswith("wan-i2v/") and keys[0].endswith(".mp4")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import encode, picture
+from helpers import bucket_keys, encode, picture
 
 from wan_i2v.api import ApiError, ApiSession
 from wan_i2v.client import Client, JobFailed
@@ -58,7 +58,6 @@ def client_for(endpoint, **api) -> Client:
         base_url=endpoint.url + "/v2",
         management_base_url=endpoint.url + "/v2",
         poll_s=0.3,
-        max_poll_s=1.0,
     )
 
 
@@ -82,6 +81,25 @@ def make_inputs(folder: Path, images: int, prompts: list[str]) -> tuple[Path, Pa
     return folder / "images", folder / "prompts.txt"
 
 
+def batch_args(prompts: Path, images: Path, download: Path, max_in_flight: int) -> list[str]:
+    return [
+        "batch",
+        str(prompts),
+        "--images-dir",
+        str(images),
+        "--download",
+        str(download),
+        "--poll",
+        "0.5",
+        "--max-in-flight",
+        str(max_in_flight),
+        "--sample-steps",
+        "15",
+        "--frame-num",
+        "17",
+    ]
+
+
 def wait_until(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -103,24 +121,7 @@ def test_batch_of_six_with_worker_management(endpoint_factory, tmp_path):
     images, prompts = make_inputs(tmp_path, 3, ["the sun sets", "clouds drift\nslowly by"])
     download = tmp_path / "videos"
     done = subprocess.run(
-        wan_i2v(
-            "batch",
-            str(prompts),
-            "--images-dir",
-            str(images),
-            "--download",
-            str(download),
-            "--poll",
-            "0.5",
-            "--max-in-flight",
-            "2",
-            "--sample-steps",
-            "15",
-            "--frame-num",
-            "17",
-            "--seed",
-            "1",
-        ),
+        wan_i2v(*batch_args(prompts, images, download, max_in_flight=2), "--seed", "1"),
         env=cli_env(endpoint),
         capture_output=True,
         text=True,
@@ -151,22 +152,7 @@ def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp
     images, prompts = make_inputs(tmp_path, 2, ["waves roll in", "birds fly away"])
     download = tmp_path / "videos"
     ledger = download / "wan-i2v-batch.sqlite"
-    args = [
-        "batch",
-        str(prompts),
-        "--images-dir",
-        str(images),
-        "--download",
-        str(download),
-        "--poll",
-        "0.5",
-        "--max-in-flight",
-        "1",
-        "--sample-steps",
-        "15",
-        "--frame-num",
-        "17",
-    ]
+    args = batch_args(prompts, images, download, max_in_flight=1)
     first = subprocess.Popen(
         wan_i2v(*args), env=cli_env(endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -321,16 +307,7 @@ def test_local_images_go_inline_or_are_uploaded_once(bucket_env, tmp_path, monke
     first = client.prepare_input({"image": str(image), "last_image": str(image)})
     again = Client(endpoint_id="dev", api=ApiSession("k"), bucket=client.bucket).prepare_input({"image": str(image)})
     assert first["image"].startswith(bucket_env["BUCKET_ENDPOINT_URL"]) and first["image"] == first["last_image"]
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=bucket_env["BUCKET_ENDPOINT_URL"],
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        region_name="us-east-1",
-    )
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"])["Contents"]]
+    keys = bucket_keys(bucket_env)
     assert len(keys) == 1 and "/inputs/" in keys[0] and again["image"].split("?")[0] == first["image"].split("?")[0]
     no_bucket = Client(endpoint_id="dev", api=ApiSession("k"))
     with pytest.raises(ApiError, match="too large to send inline; set the BUCKET_"):
@@ -361,3 +338,16 @@ def test_dry_run_lists_jobs_and_cost_without_submitting(endpoint_factory, tmp_pa
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 7 and lines[-1].startswith("6 jobs, about ") and "$0.001/GPU-second" in lines[-1]
     assert endpoint.submissions == [] and not (tmp_path / "wan-i2v-batch.sqlite").exists()
+
+
+def test_client_run_batch_keeps_input_order_and_scales_back_down(endpoint_factory):
+    endpoint = endpoint_factory()
+    client = client_for(endpoint)
+    image = json.loads((ROOT / "test_input.json").read_text())["input"]["image"]
+    jobs = [{"image": image, "fps": 99}, {"image": image, "prompt": "a field", "seed": 3, **SMALL}]
+    results = client.run_batch(jobs, auto_manage_workers=True, retries=1, ready_timeout_s=120)
+    assert [r["id"] for r in results] == [s["id"] for s in endpoint.submissions]
+    assert results[0]["status"] == "FAILED" and "fps: 99 is not allowed" in results[0]["error"]
+    assert results[1]["output"]["seed"] == 3 and results[1]["output"]["frame_num"] == 17
+    health = client.health()
+    assert health.jobs["retried"] == 1 and health.jobs["completed"] == 1 and endpoint.min_workers == 0

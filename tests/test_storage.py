@@ -2,9 +2,9 @@ import base64
 import re
 from datetime import datetime, timezone
 
-import boto3
 import pytest
 import requests
+from helpers import s3_client
 
 from wan_i2v.errors import StorageError
 from wan_i2v.settings import BucketSettings, Settings, SettingsError
@@ -43,14 +43,7 @@ def test_large_files_go_up_in_parts(bucket_env, tmp_path):
     big.write_bytes(b"\1" * (17 * 1024 * 1024))
     bucket = BucketSettings.from_env(bucket_env)
     upload_s3(big, bucket, "big.mp4")
-    client = boto3.client(
-        "s3",
-        endpoint_url=bucket.endpoint_url,
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        region_name="us-east-1",
-    )
-    head = client.head_object(Bucket=bucket.bucket_name, Key="big.mp4")
+    head = s3_client(bucket.endpoint_url).head_object(Bucket=bucket.bucket_name, Key="big.mp4")
     assert head["ContentLength"] == big.stat().st_size and "-" in head["ETag"]  # a multipart ETag
     assert head["ContentType"] == "video/mp4"
 

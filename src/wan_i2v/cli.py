@@ -100,20 +100,9 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_status(args) -> int:
-    answer = _client(args).status(args.job)
-    _print(args, answer, f"{answer.get('id')}: {answer.get('status')}")
-    return 0
-
-
-def cmd_cancel(args) -> int:
-    answer = _client(args).cancel(args.job)
-    _print(args, answer, f"{answer.get('id')}: {answer.get('status')}")
-    return 0
-
-
-def cmd_retry(args) -> int:
-    answer = _client(args).retry(args.job)
+def cmd_job(args) -> int:
+    """status, cancel or retry one job."""
+    answer = getattr(_client(args), args.command)(args.job)
     _print(args, answer, f"{answer.get('id')}: {answer.get('status')}")
     return 0
 
@@ -277,14 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait (default 3600)")
     p.set_defaults(run=cmd_generate)
 
-    for name, run, text in (
-        ("status", cmd_status, "a job's status"),
-        ("cancel", cmd_cancel, "cancel a job"),
-        ("retry", cmd_retry, "retry a FAILED or TIMED_OUT job"),
+    for name, text in (
+        ("status", "a job's status"),
+        ("cancel", "cancel a job"),
+        ("retry", "retry a FAILED or TIMED_OUT job"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("job")
-        p.set_defaults(run=run)
+        p.set_defaults(run=cmd_job)
     sub.add_parser("purge-queue", help="remove every queued job").set_defaults(run=cmd_purge)
     sub.add_parser("health", help="the endpoint's job and worker counts").set_defaults(run=cmd_health)
 

@@ -50,8 +50,7 @@ class Client:
     base_url: str = QUEUE_BASE_URL
     management_base_url: str = MANAGEMENT_BASE_URL
     bucket: BucketSettings | None = None  # where large local images are uploaded
-    poll_s: float = 5.0
-    max_poll_s: float = 30.0
+    poll_s: float = 5.0  # the slowest status polling; waits start at 1 s and back off to this
     _uploaded: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -144,7 +143,7 @@ class Client:
             if time.monotonic() + delay > deadline:
                 raise TimeoutError(f"job {job_id} still {state} after {timeout_s:.0f} s")
             time.sleep(delay)
-            delay = min(delay * 1.5, self.max_poll_s, max(self.poll_s, delay))
+            delay = min(delay * 1.5, self.poll_s)
 
     def generate(self, job_input: dict, download_dir: Path | None = None, timeout_s: float = 3600.0, **submit):
         """Submit, wait and (optionally) download: returns the output, with `video_path` when downloaded."""
