@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import get_args
 
 from .api import ApiError
-from .client import Client, JobFailed, download
+from .client import Client, JobFailed
 from .schema import JobInput
 
 log = logging.getLogger("wan_i2v")
@@ -67,8 +68,8 @@ def _progress_bar(total: int, initial: int, desc: str):
 def cmd_generate(args) -> int:
     client = _client(args)
     job = {"image": args.image, **_job_fields(args)}
-    job_id = client.submit(job)
     if not args.wait and not args.download:
+        job_id = client.submit(job)
         _print(args, {"id": job_id, "status": "IN_QUEUE"}, f"submitted {job_id}")
         return 0
     bar = _progress_bar(100, 0, "generate")
@@ -82,20 +83,18 @@ def cmd_generate(args) -> int:
                 bar.set_postfix_str(progress.get("phase", ""))
                 bar.refresh()
             elif progress.get("phase") != last["phase"]:
-                log.info("job %s: %s (%s%%)", job_id, progress.get("phase"), progress["percent"])
+                log.info("job %s: %s (%s%%)", answer.get("id"), progress.get("phase"), progress["percent"])
                 last["phase"] = progress.get("phase")
 
     try:
-        output = client.wait(job_id, timeout_s=args.timeout, on_status=show)
+        output = client.generate(job, download_dir=args.download, timeout_s=args.timeout, on_status=show)
     finally:
         if bar is not None:
             bar.close()
-    if args.download:
-        output["video_path"] = str(download(output["video_url"], Path(args.download) / f"{job_id}.mp4"))
     _print(
         args,
-        {"id": job_id, **output},
-        f"{job_id} done in {output.get('generation_time')} s: {output.get('video_path') or output.get('video_url')}",
+        output,
+        f"{output['id']} done in {output.get('generation_time')} s: {output.get('video_path') or output.get('video_url')}",
     )
     return 0
 
@@ -323,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "dev-endpoint" and not args.api_key:
-        args.api_key = __import__("os").environ.get("RUNPOD_API_KEY")
+        args.api_key = os.environ.get("RUNPOD_API_KEY")
         if not args.api_key:
             raise SystemExit("wan-i2v dev-endpoint: give --api-key (clients must send it)")
     try:

@@ -25,7 +25,7 @@ import requests
 
 from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiError, ApiSession
 from .management import Health, Management
-from .settings import BucketSettings
+from .settings import BucketSettings, s3_client
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,17 @@ class Client:
             time.sleep(delay)
             delay = min(delay * 1.5, self.poll_s)
 
-    def generate(self, job_input: dict, download_dir: Path | None = None, timeout_s: float = 3600.0, **submit):
+    def generate(
+        self,
+        job_input: dict,
+        download_dir: Path | None = None,
+        timeout_s: float = 3600.0,
+        on_status: Callable[[dict], None] | None = None,
+        **submit,
+    ) -> dict:
         """Submit, wait and (optionally) download: returns the output, with `video_path` when downloaded."""
         job_id = self.submit(job_input, **submit)
-        output = self.wait(job_id, timeout_s=timeout_s)
+        output = self.wait(job_id, timeout_s=timeout_s, on_status=on_status)
         if download_dir is not None:
             output["video_path"] = str(download(output["video_url"], Path(download_dir) / f"{job_id}.mp4"))
         return {"id": job_id, **output}
@@ -217,17 +224,10 @@ class Client:
         digest = hashlib.sha256(data).hexdigest()
         if digest in self._uploaded:
             return self._uploaded[digest]
-        import boto3  # only needed for large local images
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # boto3 is needed only for large local images
 
         key = f"{self.bucket.prefix}inputs/{digest}{path.suffix.lower()}"
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=self.bucket.endpoint_url,
-            aws_access_key_id=self.bucket.access_key_id,
-            aws_secret_access_key=self.bucket.secret_access_key,
-            region_name=self.bucket.region,
-        )
+        s3 = s3_client(self.bucket)
         try:
             s3.head_object(Bucket=self.bucket.bucket_name, Key=key)
         except ClientError:

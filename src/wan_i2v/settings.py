@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -78,6 +79,29 @@ class BucketSettings:
             "public_base_url": None,  # a public base URL belongs to the configured bucket, not the job's
         }
         return replace(base, **job_bucket) if base else cls(**job_bucket)
+
+
+@functools.lru_cache(maxsize=8)
+def s3_client(bucket: BucketSettings):
+    """A boto3 S3 client for the bucket (timeouts, retries, addressing style); boto3 is imported only here."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        signature_version="s3v4",
+        connect_timeout=10,
+        read_timeout=60,
+        retries={"max_attempts": 5, "mode": "standard"},
+        s3={"addressing_style": bucket.addressing_style},
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=bucket.endpoint_url,
+        aws_access_key_id=bucket.access_key_id,
+        aws_secret_access_key=bucket.secret_access_key,
+        region_name=bucket.region,
+        config=config,
+    )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Knows nothing of the model. Each function takes a finished file and returns wher
 from __future__ import annotations
 
 import base64
-import functools
 import os
 import re
 import secrets
@@ -18,7 +17,7 @@ from urllib.parse import quote
 
 from .errors import StorageError
 from .images import shown_url
-from .settings import BucketSettings
+from .settings import BucketSettings, s3_client
 
 CONTENT_TYPE = "video/mp4"
 MULTIPART_BYTES = 16 * 1024 * 1024
@@ -45,35 +44,13 @@ def local_name(job_id: str, now: datetime) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{_safe_id(job_id)}-{secrets.token_hex(3)}.mp4"
 
 
-@functools.lru_cache(maxsize=8)
-def _s3_client(bucket: BucketSettings):
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        signature_version="s3v4",
-        connect_timeout=10,
-        read_timeout=60,
-        retries={"max_attempts": 5, "mode": "standard"},
-        s3={"addressing_style": bucket.addressing_style},
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=bucket.endpoint_url,
-        aws_access_key_id=bucket.access_key_id,
-        aws_secret_access_key=bucket.secret_access_key,
-        region_name=bucket.region,
-        config=config,
-    )
-
-
 def upload_s3(path: Path, bucket: BucketSettings, key: str) -> StoredVideo:
     """Upload (multipart above 16 MB) with Content-Type video/mp4; return a presigned or public URL."""
     from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = _s3_client(bucket)
+    client = s3_client(bucket)
     transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
     where = f"bucket '{bucket.bucket_name}' at {shown_url(bucket.endpoint_url)}"
     try:

@@ -33,7 +33,7 @@ def resolve_model(model: str) -> Path:
     Never downloads. Raises ModelNotFoundError saying what was looked for and how to bake it.
     """
     bake = (
-        "Bake the weights into the image (docker build --build-arg WAN_MODEL=...), run "
+        "Bake the weights into the image (docker build --build-arg WAN_MODEL_ID=...), run "
         "`python builder/fetch_weights.py --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --dest DIR` where a "
         "network is available, or for a CPU test `python builder/tiny_model.py DIR`; then set WAN_MODEL=DIR."
     )
