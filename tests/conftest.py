@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -60,30 +61,48 @@ def bucket_env(s3_endpoint, request):
 
 
 class Route:
-    def __init__(self, status=200, body=b"", headers=None, delay=0.0):
+    """One canned answer. `stall` waits before the status line; `trickle` sends the body one byte at a
+    time with that pause between bytes; `length=False` sends no Content-Length (body ends at close)."""
+
+    def __init__(self, status=200, body=b"", headers=None, delay=0.0, stall=0.0, trickle=0.0, length=True):
         self.status, self.body, self.headers, self.delay = status, body, headers or {}, delay
+        self.stall, self.trickle, self.length = stall, trickle, length
 
 
 @pytest.fixture
 def http_server():
-    """A loopback HTTP server; tests register routes: server.routes['/a.png'] = Route(body=...)."""
+    """A loopback HTTP server; tests register routes: server.routes['/a.png'] = Route(body=...).
+
+    `server.hits` lists the paths requested, in order."""
     routes: dict[str, Route] = {}
+    hits: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
+            hits.append(self.path)
             route = routes.get(self.path.split("?")[0])
             if route is None:
                 self.send_error(404)
                 return
+            time.sleep(route.stall)
             self.send_response(route.status)
             for key, value in route.headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(route.body)))
+            if route.length:
+                self.send_header("Content-Length", str(len(route.body)))
+            else:
+                self.close_connection = True
             self.end_headers()
             if route.delay:
                 time.sleep(route.delay)
             try:
-                self.wfile.write(route.body)
+                if route.trickle:
+                    for index in range(len(route.body)):
+                        self.wfile.write(route.body[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(route.trickle)
+                else:
+                    self.wfile.write(route.body)
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
@@ -93,6 +112,7 @@ def http_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.routes = routes
+    server.hits = hits
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     server.Route = Route
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -100,3 +120,103 @@ def http_server():
     yield server
     server.shutdown()
     server.server_close()
+
+
+class FaultyS3:
+    """A loopback proxy in front of the S3 server that injects faults: `fail_next` requests answer
+    500 InternalError, and while `stall_s` is set each request waits that long and is then dropped.
+    `requests` records (method, path, monotonic time) of everything that reached the proxy."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.fail_next = 0
+        self.stall_s = 0.0
+        self.requests: list[tuple[str, str, float]] = []
+
+
+@pytest.fixture
+def faulty_s3(s3_endpoint):
+    import http.client
+    from urllib.parse import urlsplit
+
+    state = FaultyS3(s3_endpoint)
+    target = urlsplit(s3_endpoint)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self):
+            state.requests.append((self.command, self.path, time.monotonic()))
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if state.stall_s:
+                time.sleep(state.stall_s)
+                self.close_connection = True
+                return
+            if state.fail_next > 0:
+                state.fail_next -= 1
+                error = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+                self.send_response(500)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(error)))
+                self.end_headers()
+                self.wfile.write(error)
+                return
+            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            headers["Host"] = target.netloc
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def endpoint_factory(tiny_model, tmp_path, monkeypatch):
+    """Starts local RunPod-compatible endpoints whose workers run `python handler.py` on the tiny model."""
+    from helpers import KEY
+
+    from wan_i2v.devserver import DevEndpoint
+
+    for name in [n for n in os.environ if n.startswith(("BUCKET_", "RUNPOD_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WAN_MODEL", str(tiny_model))
+    monkeypatch.setenv("WAN_OUTPUT_DIR", str(tmp_path / "worker-out"))
+    started = []
+
+    def start(workers_max=1, idle_timeout_s=1.0):
+        endpoint = DevEndpoint(
+            api_key=KEY,
+            handler=ROOT / "handler.py",
+            workers_max=workers_max,
+            idle_timeout_s=idle_timeout_s,
+            log_dir=tmp_path / "worker-logs",
+        ).start()
+        started.append(endpoint)
+        return endpoint
+
+    yield start
+    for endpoint in started:
+        endpoint.close()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import socket
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -62,3 +65,80 @@ def s3_client(endpoint_url: str):
 def bucket_keys(bucket_env: dict) -> list[str]:
     listing = s3_client(bucket_env["BUCKET_ENDPOINT_URL"]).list_objects_v2(Bucket=bucket_env["BUCKET_NAME"])
     return [item["Key"] for item in listing.get("Contents", [])]
+
+
+KEY = "test-api-key-never-printed"
+
+
+def client_for(endpoint, **api):
+    """A Client of the local endpoint with short backoff and polling."""
+    from wan_i2v.api import ApiSession
+    from wan_i2v.client import Client
+
+    session = ApiSession(api.pop("api_key", KEY), backoff_s=api.pop("backoff_s", 0.05), **api)
+    return Client(
+        endpoint_id="dev",
+        api=session,
+        base_url=endpoint.url + "/v2",
+        management_base_url=endpoint.url + "/v2",
+        poll_s=0.3,
+    )
+
+
+def cli_env(endpoint) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "BUCKET_"))}
+    env.update(RUNPOD_API_KEY=KEY, RUNPOD_ENDPOINT_ID="dev", RUNPOD_ENDPOINT_BASE_URL=endpoint.url + "/v2")
+    return env
+
+
+def wan_i2v(*args) -> list[str]:
+    return [sys.executable, "-m", "wan_i2v.cli", *args]
+
+
+def make_inputs(folder: Path, images: int, prompts: list[str]) -> tuple[Path, Path]:
+    (folder / "images").mkdir(parents=True)
+    shapes = [(208, 120), (120, 208), (160, 160)]
+    for index in range(images):
+        width, height = shapes[index % 3]
+        shape = (width + 16 * (index // 3), height)  # every picture differs
+        (folder / "images" / f"shot{index}.png").write_bytes(encode(picture(*shape), "PNG"))
+    (folder / "images" / "README.txt").write_text("not an image")
+    (folder / "prompts.txt").write_text("\n---\n".join(prompts) + "\n")
+    return folder / "images", folder / "prompts.txt"
+
+
+def batch_args(prompts: Path, images: Path, download: Path, max_in_flight: int) -> list[str]:
+    return [
+        "batch",
+        str(prompts),
+        "--images-dir",
+        str(images),
+        "--download",
+        str(download),
+        "--poll",
+        "0.5",
+        "--max-in-flight",
+        str(max_in_flight),
+        "--sample-steps",
+        "15",
+        "--frame-num",
+        "17",
+    ]
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_videos(paths, frames=17):
+    from wan_i2v.video import probe_mp4
+
+    for path in paths:
+        info = probe_mp4(Path(path))
+        assert info["frames"] == frames and info["codec"].startswith("h264"), (path, info)

@@ -4,116 +4,33 @@ Workers are real: `python handler.py` in RunPod's worker mode on the tiny model.
 
 import csv
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import bucket_keys, encode, picture
+from helpers import (
+    KEY,
+    assert_videos,
+    batch_args,
+    bucket_keys,
+    cli_env,
+    client_for,
+    encode,
+    make_inputs,
+    picture,
+    wait_until,
+    wan_i2v,
+)
 
 from wan_i2v.api import ApiError, ApiSession
 from wan_i2v.client import Client, JobFailed
-from wan_i2v.devserver import DevEndpoint
 from wan_i2v.management import Health
-from wan_i2v.video import probe_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "test-api-key-never-printed"
 SMALL = {"sample_steps": 15, "frame_num": 17}
-
-
-@pytest.fixture
-def endpoint_factory(tiny_model, tmp_path, monkeypatch):
-    for name in [n for n in os.environ if n.startswith(("BUCKET_", "RUNPOD_"))]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("WAN_MODEL", str(tiny_model))
-    monkeypatch.setenv("WAN_OUTPUT_DIR", str(tmp_path / "worker-out"))
-    started = []
-
-    def start(workers_max=1, idle_timeout_s=1.0):
-        endpoint = DevEndpoint(
-            api_key=KEY,
-            handler=ROOT / "handler.py",
-            workers_max=workers_max,
-            idle_timeout_s=idle_timeout_s,
-            log_dir=tmp_path / "worker-logs",
-        ).start()
-        started.append(endpoint)
-        return endpoint
-
-    yield start
-    for endpoint in started:
-        endpoint.close()
-
-
-def client_for(endpoint, **api) -> Client:
-    session = ApiSession(api.pop("api_key", KEY), backoff_s=api.pop("backoff_s", 0.05), **api)
-    return Client(
-        endpoint_id="dev",
-        api=session,
-        base_url=endpoint.url + "/v2",
-        management_base_url=endpoint.url + "/v2",
-        poll_s=0.3,
-    )
-
-
-def cli_env(endpoint) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "BUCKET_"))}
-    env.update(RUNPOD_API_KEY=KEY, RUNPOD_ENDPOINT_ID="dev", RUNPOD_ENDPOINT_BASE_URL=endpoint.url + "/v2")
-    return env
-
-
-def wan_i2v(*args) -> list[str]:
-    return [sys.executable, "-m", "wan_i2v.cli", *args]
-
-
-def make_inputs(folder: Path, images: int, prompts: list[str]) -> tuple[Path, Path]:
-    (folder / "images").mkdir(parents=True)
-    shapes = [(208, 120), (120, 208), (160, 160)]
-    for index in range(images):
-        (folder / "images" / f"shot{index}.png").write_bytes(encode(picture(*shapes[index]), "PNG"))
-    (folder / "images" / "README.txt").write_text("not an image")
-    (folder / "prompts.txt").write_text("\n---\n".join(prompts) + "\n")
-    return folder / "images", folder / "prompts.txt"
-
-
-def batch_args(prompts: Path, images: Path, download: Path, max_in_flight: int) -> list[str]:
-    return [
-        "batch",
-        str(prompts),
-        "--images-dir",
-        str(images),
-        "--download",
-        str(download),
-        "--poll",
-        "0.5",
-        "--max-in-flight",
-        str(max_in_flight),
-        "--sample-steps",
-        "15",
-        "--frame-num",
-        "17",
-    ]
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def assert_videos(paths, frames=17):
-    for path in paths:
-        info = probe_mp4(Path(path))
-        assert info["frames"] == frames and info["codec"].startswith("h264"), (path, info)
 
 
 def test_batch_of_six_with_worker_management(endpoint_factory, tmp_path):

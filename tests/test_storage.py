@@ -1,6 +1,7 @@
 import base64
 import re
 from datetime import datetime, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -22,7 +23,7 @@ def mp4(tmp_path):
 
 def test_object_keys_sort_by_date_name_the_job_and_cannot_be_guessed():
     key = object_key("wan-i2v/", "abc-123/../x", NOW)
-    assert re.fullmatch(r"wan-i2v/2026/11/22/abc-123____x-[0-9a-f]{16}\.mp4", key)
+    assert re.fullmatch(r"wan-i2v/2026/11/22/abc-123____x-[0-9a-f]{32}\.mp4", key)
     assert object_key("p/", "j", NOW) != object_key("p/", "j", NOW)
     assert re.fullmatch(r"20261122-153000-job_1-[0-9a-f]{6}\.mp4", local_name("job 1", NOW))
 
@@ -52,7 +53,13 @@ def test_public_base_url_and_expiry_are_honoured(bucket_env, mp4):
     public = BucketSettings.from_env({**bucket_env, "BUCKET_PUBLIC_URL": "https://cdn.example.com/videos/"})
     assert upload_s3(mp4, public, "a b.mp4").url == "https://cdn.example.com/videos/a%20b.mp4"
     short = BucketSettings.from_env({**bucket_env, "BUCKET_URL_EXPIRY": "600"})
-    assert "X-Amz-Expires=600" in upload_s3(mp4, short, "c.mp4").url
+    stored = upload_s3(mp4, short, "c.mp4")
+    query = parse_qs(urlsplit(stored.url).query)
+    assert query["X-Amz-Expires"] == ["600"] and query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - signed_at).total_seconds()) < 60
+    expires = datetime.fromisoformat(stored.expires_at)
+    assert abs((expires - signed_at).total_seconds() - 600) <= 2  # the reported expiry is the signed one
 
 
 def test_missing_bucket_gives_a_clear_error_without_secrets(bucket_env, mp4):

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -107,6 +107,8 @@ class DevEndpoint:
         self.jobs: dict[str, Job] = {}
         self.queue: deque[str] = deque()
         self.submissions: list[dict] = []
+        self.handed_out: Counter[str] = Counter()  # job id -> times given to a worker
+        self.finished_by_worker: Counter[str] = Counter()  # job id -> final results accepted from workers
         self.workers: dict[str, WorkerProcess] = {}
         self.stop_requests: dict[str, set[str]] = {}
         self.faults: deque[int] = deque()
@@ -343,6 +345,7 @@ class DevEndpoint:
                     job = self.jobs[self.queue.popleft()]
                     job.status, job.started, job.worker_id = "IN_PROGRESS", time.time(), worker_id
                     worker.state, worker.job_id = "running", job.id
+                    self.handed_out[job.id] += 1
                     taken = {"id": job.id, "input": job.input}
                     if job.s3_config:
                         taken["s3Config"] = job.s3_config
@@ -359,6 +362,7 @@ class DevEndpoint:
             if data.get("status") == "IN_PROGRESS":
                 job.output = data.get("output")
                 return
+            self.finished_by_worker[job_id] += 1
             if data.get("error"):
                 self._finish(job, "FAILED", output=data.get("output"), error=data["error"])
             else:

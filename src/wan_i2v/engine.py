@@ -9,6 +9,7 @@ timed and reported. The engine knows nothing of buckets, jobs or HTTP.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from contextlib import contextmanager
@@ -131,6 +132,12 @@ class Engine:
         seconds = time.perf_counter() - start
         log.info("loaded %s on %s (%s, %s) in %.1f s", model, target, dtype, chosen, seconds)
         return cls(pipe, target, chosen, model, seconds)
+
+    def release_memory(self) -> None:
+        """Free what a failed job left: collect its tensors, return cached GPU blocks to the driver."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @property
     def boundary_timestep(self) -> float:

@@ -19,6 +19,12 @@ class StorageError(JobError):
     """The finished video could not be stored or returned."""
 
 
+class EncodeError(JobError):
+    """ffmpeg could not write the MP4 (a full disk, a broken binary); the worker asks to be replaced."""
+
+    refresh_worker = True
+
+
 class OutOfMemoryError(JobError):
     """The GPU ran out of memory; the worker asks to be replaced."""
 

@@ -16,37 +16,35 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
 from . import __version__
 from .errors import InputError
+from .netguard import BlockedAddressError, UrlPolicy
 from .schema import RESOLUTION_AREAS
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF"}
 ALLOWED_FORMATS = ", ".join(FORMATS.values())
-CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 20.0
-TOTAL_TIMEOUT_S = 60.0
-MAX_REDIRECTS = 3
+DEFAULT_POLICY = UrlPolicy()  # public addresses only; 5 s connect, 20 s read, 60 s total, 3 redirects
 MAX_ASPECT_RATIO = 4.0  # longer side over shorter side
 SIDE_MULTIPLE = 16  # VAE stride 8 x transformer patch 2
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+(=[\w.+-]+)?)*),(?P<data>.*)$", re.S)
 
 
-def load_image(field: str, value: str) -> Image.Image:
+def load_image(field: str, value: str, policy: UrlPolicy = DEFAULT_POLICY) -> Image.Image:
     """Read, decode and normalise one image: RGB, EXIF orientation applied, alpha on white."""
-    return decode_image(field, read_source(field, value))
+    return decode_image(field, read_source(field, value, policy))
 
 
-def read_source(field: str, value: str) -> bytes:
+def read_source(field: str, value: str, policy: UrlPolicy = DEFAULT_POLICY) -> bytes:
     """The image bytes behind a job's image string."""
     text = value.strip()
     scheme = text.split(":", 1)[0].lower() if ":" in text[:12] else ""
     if scheme in ("http", "https"):
-        return fetch_url(field, text)
+        return fetch_url(field, text, policy)
     if scheme == "data":
         return _decode_data_uri(field, text)
     if scheme:
@@ -62,17 +60,21 @@ def shown_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def fetch_url(field: str, url: str) -> bytes:
-    """Download with connect/read/total timeouts, at most MAX_REDIRECTS redirects and a byte cap."""
+def fetch_url(field: str, url: str, policy: UrlPolicy = DEFAULT_POLICY) -> bytes:
+    """Download through the address guard: timeouts, at most `max_redirects` redirects, a byte cap.
+
+    The body is read as it arrives (`read1`), so a server that trickles bytes still meets the total
+    deadline, and a compressed body is capped by its decoded size.
+    """
     where = shown_url(url)
-    deadline = time.monotonic() + TOTAL_TIMEOUT_S
-    with requests.Session() as session:
-        session.max_redirects = MAX_REDIRECTS
+    deadline = time.monotonic() + policy.total_timeout_s
+    too_slow = f"{field}: downloading {where} took over {policy.total_timeout_s:g} s"
+    with policy.session() as session:
         try:
             with session.get(
                 url,
                 stream=True,
-                timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+                timeout=(policy.connect_timeout_s, policy.read_timeout_s),
                 headers={"User-Agent": f"wan-i2v/{__version__}"},
             ) as response:
                 if response.status_code != 200:
@@ -81,29 +83,35 @@ def fetch_url(field: str, url: str) -> bytes:
                 if declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
                     raise InputError(f"{field}: {where} is {int(declared)} bytes; {_size_limit()}")
                 body = bytearray()
-                for chunk in response.iter_content(chunk_size=64 * 1024):
+                while chunk := response.raw.read1(64 * 1024, decode_content=True):
                     body += chunk
                     if len(body) > MAX_IMAGE_BYTES:
                         raise InputError(f"{field}: {where} is larger than allowed; {_size_limit()}")
                     if time.monotonic() > deadline:
-                        raise InputError(f"{field}: downloading {where} took over {TOTAL_TIMEOUT_S:.0f} s")
+                        raise InputError(too_slow)
                 return bytes(body)
+        except BlockedAddressError as exc:
+            raise InputError(f"{field}: {where} refused: {exc}") from None
         except requests.TooManyRedirects:
-            raise InputError(f"{field}: {where} redirects more than {MAX_REDIRECTS} times") from None
-        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise InputError(f"{field}: {where} redirects more than {policy.max_redirects} times") from None
+        except requests.exceptions.InvalidSchema:
+            raise InputError(f"{field}: {where} redirects to a URL that is not http or https") from None
+        except (requests.Timeout, requests.ConnectionError, ReadTimeoutError, ProtocolError) as exc:
             if not _timed_out(exc):
                 raise InputError(f"{field}: could not connect to {where} ({type(exc).__name__})") from None
             raise InputError(
-                f"{field}: {where} did not answer in time (connect {CONNECT_TIMEOUT_S:.0f} s, "
-                f"read {READ_TIMEOUT_S:.0f} s)"
+                f"{field}: {where} did not answer in time (connect {policy.connect_timeout_s:g} s, "
+                f"read {policy.read_timeout_s:g} s)"
             ) from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, HTTPError) as exc:
             raise InputError(f"{field}: could not download {where} ({type(exc).__name__})") from None
 
 
-def _timed_out(exc: requests.RequestException) -> bool:
-    # A read timeout while streaming the body arrives as a ConnectionError wrapping urllib3's.
-    return isinstance(exc, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in exc.args)
+def _timed_out(exc: Exception) -> bool:
+    # A read timeout while streaming the body arrives as urllib3's own, or wrapped in a ConnectionError.
+    return isinstance(exc, (requests.Timeout, ReadTimeoutError)) or any(
+        isinstance(a, ReadTimeoutError) for a in exc.args
+    )
 
 
 def _size_limit() -> str:
@@ -138,7 +146,13 @@ def _decode_base64(field: str, text: str) -> bytes:
 def decode_image(field: str, data: bytes) -> Image.Image:
     """Identify the format by decoding (never by name or header), check the pixel count first."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(pixels[1]) / 1e6:.0f} megapixels" if pixels else "too many pixels"
+        raise InputError(
+            f"{field}: the image has {count}; at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are allowed"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise InputError(f"{field}: not a readable image; allowed formats: {ALLOWED_FORMATS}") from None
     if image.format not in FORMATS:

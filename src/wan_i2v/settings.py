@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
+from .netguard import UrlPolicy
+
 DEFAULT_MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 S3_CONFIG_KEYS = ("accessId", "accessSecret", "bucketName", "endpointUrl")
 
@@ -29,6 +31,8 @@ class BucketSettings:
     url_expiry_s: int = 24 * 3600
     public_base_url: str | None = None
     addressing_style: str = "path"
+    timeout_s: float = 60.0  # connect and read timeout of each request
+    max_attempts: int = 5  # tries per request; transient errors (5xx, timeouts, resets) back off and retry
 
     def __repr__(self) -> str:  # never print the secret key
         return f"BucketSettings(endpoint_url={self.endpoint_url!r}, bucket_name={self.bucket_name!r})"
@@ -48,6 +52,12 @@ class BucketSettings:
         style = env.get("BUCKET_ADDRESSING_STYLE", cls.addressing_style)
         if style not in ("path", "virtual", "auto"):
             raise SettingsError(f"BUCKET_ADDRESSING_STYLE={style!r}: allowed path, virtual, auto")
+        timeout = _float(env, "BUCKET_TIMEOUT_S", cls.timeout_s)
+        if not 0 < timeout <= 600:
+            raise SettingsError(f"BUCKET_TIMEOUT_S={timeout:g}: allowed more than 0 and up to 600 seconds")
+        attempts = _int(env, "BUCKET_MAX_ATTEMPTS", cls.max_attempts)
+        if not 1 <= attempts <= 10:
+            raise SettingsError(f"BUCKET_MAX_ATTEMPTS={attempts}: allowed 1..10")
         return cls(
             endpoint_url=env["BUCKET_ENDPOINT_URL"],
             access_key_id=env["BUCKET_ACCESS_KEY_ID"],
@@ -58,6 +68,8 @@ class BucketSettings:
             url_expiry_s=expiry,
             public_base_url=env.get("BUCKET_PUBLIC_URL") or None,
             addressing_style=style,
+            timeout_s=timeout,
+            max_attempts=attempts,
         )
 
     @classmethod
@@ -89,9 +101,9 @@ def s3_client(bucket: BucketSettings):
 
     config = Config(
         signature_version="s3v4",
-        connect_timeout=10,
-        read_timeout=60,
-        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=min(10.0, bucket.timeout_s),
+        read_timeout=bucket.timeout_s,
+        retries={"total_max_attempts": bucket.max_attempts, "mode": "standard"},
         s3={"addressing_style": bucket.addressing_style},
     )
     return boto3.client(
@@ -113,6 +125,7 @@ class Settings:
     base64_max_mb: float = 7.0
     video_crf: int = 18
     bucket: BucketSettings | None = None
+    url_policy: UrlPolicy = UrlPolicy()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -128,7 +141,15 @@ class Settings:
             base64_max_mb=_float(env, "WAN_BASE64_MAX_MB", cls.base64_max_mb),
             video_crf=crf,
             bucket=BucketSettings.from_env(env),
+            url_policy=_url_policy(env),
         )
+
+
+def _url_policy(env: Mapping[str, str]) -> UrlPolicy:
+    try:
+        return UrlPolicy.from_allow_list(env.get("WAN_URL_ALLOW", ""))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

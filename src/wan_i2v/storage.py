@@ -36,7 +36,7 @@ def _safe_id(job_id: str) -> str:
 
 def object_key(prefix: str, job_id: str, now: datetime) -> str:
     """`<prefix>YYYY/MM/DD/<job id>-<random>.mp4`: sorted by date, findable by job, not guessable."""
-    return f"{prefix}{now:%Y/%m/%d}/{_safe_id(job_id)}-{secrets.token_hex(8)}.mp4"
+    return f"{prefix}{now:%Y/%m/%d}/{_safe_id(job_id)}-{secrets.token_hex(16)}.mp4"  # 128 random bits
 
 
 def local_name(job_id: str, now: datetime) -> str:
@@ -48,11 +48,18 @@ def upload_s3(path: Path, bucket: BucketSettings, key: str) -> StoredVideo:
     """Upload (multipart above 16 MB) with Content-Type video/mp4; return a presigned or public URL."""
     from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
 
     client = s3_client(bucket)
     transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
     where = f"bucket '{bucket.bucket_name}' at {shown_url(bucket.endpoint_url)}"
+    tries = f" after {bucket.max_attempts} attempts" if bucket.max_attempts > 1 else ""
     try:
         client.upload_file(str(path), bucket.bucket_name, key, ExtraArgs={"ContentType": CONTENT_TYPE}, Config=transfer)
         if bucket.public_base_url:
@@ -64,9 +71,13 @@ def upload_s3(path: Path, bucket: BucketSettings, key: str) -> StoredVideo:
         # upload_file wraps the ClientError of the failing call in S3UploadFailedError.
         client_error = exc if isinstance(exc, ClientError) else exc.__context__
         code = client_error.response.get("Error", {}).get("Code") if isinstance(client_error, ClientError) else None
-        raise StorageError(f"upload to {where} failed: {code or type(exc).__name__}") from None
+        raise StorageError(f"upload to {where} failed{tries}: {code or type(exc).__name__}") from None
+    except (ConnectTimeoutError, ReadTimeoutError):
+        raise StorageError(f"upload to {where} failed{tries}: no answer within {bucket.timeout_s:g} s") from None
+    except EndpointConnectionError:
+        raise StorageError(f"upload to {where} failed{tries}: could not connect") from None
     except (BotoCoreError, OSError) as exc:
-        raise StorageError(f"upload to {where} failed: {type(exc).__name__}") from None
+        raise StorageError(f"upload to {where} failed{tries}: {type(exc).__name__}") from None
     expires = datetime.now(timezone.utc) + timedelta(seconds=bucket.url_expiry_s)
     return StoredVideo(url=url, location="s3", expires_at=expires.isoformat(timespec="seconds"))
 

@@ -2,35 +2,76 @@
 
 from __future__ import annotations
 
+import subprocess
+import threading
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 
+from .errors import EncodeError
+
 
 def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, preset: str = "medium") -> None:
-    """Write (frames, height, width, 3) uint8 RGB as H.264 yuv420p, moov atom first (faststart)."""
+    """Write (frames, height, width, 3) uint8 RGB as H.264 yuv420p, moov atom first (faststart).
+
+    ffmpeg runs as a plain subprocess reading raw frames on stdin, so that its own error (a full
+    disk, a crash) reaches the job's error instead of a bare "broken pipe".
+    """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     count, height, width, _ = frames.shape
-    writer = imageio_ffmpeg.write_frames(
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-y",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-an",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-crf",
+        str(crf),
+        "-preset",
+        preset,
+        "-movflags",
+        "+faststart",
         str(path),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_in="rgb24",
-        pix_fmt_out="yuv420p",
-        quality=None,
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-        output_params=["-crf", str(crf), "-preset", preset, "-movflags", "+faststart"],
-    )
-    writer.send(None)  # start ffmpeg
+    ]
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise EncodeError(f"encoding the MP4 failed: could not start ffmpeg ({exc.strerror or exc})") from None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+    reader.start()
     try:
         for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
+            process.stdin.write(np.ascontiguousarray(frame).data)
+        process.stdin.close()
+    except (BrokenPipeError, ConnectionResetError, ValueError):
+        pass  # ffmpeg stopped early; its exit code and message tell why
     finally:
-        writer.close()
+        returncode = process.wait()
+        reader.join()
+    if returncode != 0:
+        message = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
+        if any("No space left on device" in line for line in message):
+            raise EncodeError("encoding the MP4 failed: no space left on the worker's disk")
+        detail = message[-1] if message else f"ffmpeg exited with code {returncode}"
+        raise EncodeError(f"encoding the MP4 failed: {detail[:300]}")
 
 
 def probe_mp4(path: Path) -> dict:

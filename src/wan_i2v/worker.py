@@ -15,10 +15,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from .engine import Engine, GenerationParams
 from .errors import InputError, JobError
 from .images import fit_image, load_image, output_size
+from .netguard import BlockedAddressError
 from .schema import SEED_MAX, JobInput, parse_job_input
 from .settings import BucketSettings, Settings, SettingsError
 from .storage import StoredVideo, inline_data_uri, local_name, object_key, save_local, upload_s3
@@ -68,27 +70,37 @@ class Worker:
 
     def handle(self, job: dict) -> dict:
         started = time.perf_counter()
-        job_id = str(job.get("id") or "local")
+        job_id = str(job.get("id") or "local") if isinstance(job, dict) else "local"
         try:
+            if not isinstance(job, dict):
+                raise InputError("job: must be an object with an 'input' object")
             output = self._run(job, job_id)
         except JobError as exc:
-            log.warning("job %s failed: %s", job_id, exc)
+            # The text only: a log record holding the exception would keep the failed job's tensors alive.
+            log.warning("job %s failed: %s", job_id, str(exc))
             result: dict[str, Any] = {"error": str(exc)}
             if exc.refresh_worker:
                 result["refresh_worker"] = True
-            return result
         except Exception as exc:  # a bug or a state we cannot trust: answer, then let RunPod replace us
             log.exception("job %s failed unexpectedly", job_id)
-            return {"error": f"internal error: {type(exc).__name__}: {exc}", "refresh_worker": True}
-        output["generation_time"] = output["timings"]["total"] = round(time.perf_counter() - started, 2)
-        log.info("job %s done in %.2f s: %s", job_id, output["generation_time"], output["timings"])
-        return output
+            result = {"error": f"internal error: {type(exc).__name__}: {exc}", "refresh_worker": True}
+        else:
+            output["generation_time"] = output["timings"]["total"] = round(time.perf_counter() - started, 2)
+            log.info("job %s done in %.2f s: %s", job_id, output["generation_time"], output["timings"])
+            return output
+        # The failed job's tensors became unreachable with its exception: hand their memory back now.
+        self.engine.release_memory()
+        return result
 
     def _report(self, job: dict, event: dict) -> None:
         event = progress_event(event)
         log.debug("job %s progress %s", job.get("id"), event)
         if self.progress is not None:
-            self.progress(job, event)
+            try:
+                self.progress(job, event)
+            except Exception as exc:  # progress is best effort; it never fails the job
+                # The type only: the message of a failed request names its URL, which may carry a token.
+                log.warning("job %s: progress update failed (%s)", job.get("id"), type(exc).__name__)
 
     def _run(self, job: dict, job_id: str) -> dict:
         request = parse_job_input(job.get("input"))
@@ -97,12 +109,13 @@ class Worker:
 
         self._report(job, {"phase": "fetch_image"})
         with _timed(timings, "fetch_image"):
-            image = load_image("image", request.image)
+            policy = self.settings.url_policy
+            image = load_image("image", request.image, policy)
             width, height = output_size(image.width, image.height, request.resolution)
             image = fit_image(image, (width, height))
             last = None
             if request.last_image is not None:
-                last = fit_image(load_image("last_image", request.last_image), (width, height))
+                last = fit_image(load_image("last_image", request.last_image, policy), (width, height))
 
         seed = request.seed if request.seed is not None else secrets.randbelow(SEED_MAX + 1)
         params = GenerationParams(
@@ -156,9 +169,20 @@ class Worker:
         if not isinstance(s3_config, dict):
             raise InputError("s3Config: must be an object {accessId, accessSecret, bucketName, endpointUrl}")
         try:
-            return BucketSettings.for_job(s3_config, self.settings.bucket)
+            bucket = BucketSettings.for_job(s3_config, self.settings.bucket)
         except SettingsError as exc:
             raise InputError(str(exc)) from None
+        # The caller names this endpoint: the same address rules as for image URLs apply.
+        endpoint = urlsplit(bucket.endpoint_url)
+        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+            raise InputError("s3Config: endpointUrl must be an http(s) URL")
+        try:
+            self.settings.url_policy.addresses(endpoint.hostname, endpoint.port or 443)
+        except BlockedAddressError as exc:
+            raise InputError(f"s3Config: endpointUrl refused: {exc}") from None
+        except OSError:
+            raise InputError(f"s3Config: endpointUrl host {endpoint.hostname} does not resolve") from None
+        return bucket
 
     def _store(self, path: Path, request: JobInput, bucket: BucketSettings | None, job_id: str) -> StoredVideo:
         now = datetime.now(timezone.utc)

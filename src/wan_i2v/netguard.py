@@ -1,0 +1,164 @@
+"""Which addresses a job's image URL may reach: the public internet, plus what the operator allows.
+
+A public endpoint fetches URLs chosen by strangers from inside a cloud network, so an unchecked fetch
+reaches internal services and the metadata service that hands out credentials (SSRF). The check
+runs inside the connection itself: the host is resolved once, every address is checked, and the
+socket connects to an address that was checked. A DNS answer that changes between a check and the
+connect (rebinding) therefore cannot slip through, and each redirect, being a new connection, is
+checked the same way. Proxies from the environment are ignored: they would hide the real target.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import connection as urllib3_connection
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# (host, port) -> the IP addresses the host resolves to, as strings.
+Resolver = Callable[[str, int], list[str]]
+
+# Instance metadata services (AWS, GCP and Azure share 169.254.169.254; AWS IPv6; Alibaba; Oracle).
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
+)
+
+
+class BlockedAddressError(Exception):
+    """The URL's host is, or resolves to, an address the policy refuses. Not an OSError on purpose:
+    urllib3 must not mistake it for a network error and retry or wrap it."""
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def refusal(address: IPAddress) -> str | None:
+    """Why an address may not be fetched from by default, or None for a public address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    for kind in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved"):
+        if getattr(address, f"is_{kind}"):
+            return f"a {kind.replace('_', '-')} address"
+    if not address.is_global:
+        return "not a public address"
+    return None
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """Addresses and limits for fetching job images.
+
+    `allow` names hosts, addresses or networks (CIDR) that may be fetched from although they are not
+    public, for an operator whose images live on an internal server (setting WAN_URL_ALLOW).
+    """
+
+    allow_hosts: frozenset[str] = frozenset()
+    allow_networks: tuple[IPNetwork, ...] = ()
+    resolver: Resolver = field(default=system_resolver, compare=False)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 20.0
+    total_timeout_s: float = 60.0
+    max_redirects: int = 3
+
+    @classmethod
+    def from_allow_list(cls, text: str, **limits) -> "UrlPolicy":
+        """Parse WAN_URL_ALLOW: comma-separated host names, IP addresses or CIDR networks."""
+        hosts, networks = set(), []
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                if not all(c.isalnum() or c in ".-_" for c in item):
+                    raise ValueError(
+                        f"WAN_URL_ALLOW: {item!r} is neither a host name, an IP address nor a network"
+                    ) from None
+                hosts.add(item.lower().rstrip("."))
+        return cls(allow_hosts=frozenset(hosts), allow_networks=tuple(networks), **limits)
+
+    def with_resolver(self, resolver: Resolver) -> "UrlPolicy":
+        return replace(self, resolver=resolver)
+
+    def addresses(self, host: str, port: int) -> list[IPAddress]:
+        """The addresses to connect to for `host`; raises BlockedAddressError if any is refused."""
+        name = host.strip("[]").lower().rstrip(".")
+        try:
+            found = [ipaddress.ip_address(name)]
+        except ValueError:
+            found = [ipaddress.ip_address(a.split("%")[0]) for a in self.resolver(name, port)]
+        if not found:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} has no address")
+        if name in self.allow_hosts:
+            return found
+        for address in found:
+            reason = refusal(address)
+            if reason and not any(address in net for net in self.allow_networks):
+                shown = "" if str(address) == name else f" resolves to {address}, which"
+                raise BlockedAddressError(f"{host}{shown} is {reason}; only public addresses may be fetched")
+        return found
+
+    def connect(self, host: str, port: int, timeout, source_address=None, socket_options=None) -> socket.socket:
+        """A socket to the first checked address of `host` that answers."""
+        last_error: OSError | None = None
+        for address in self.addresses(host, port):
+            try:
+                return urllib3_connection.create_connection(
+                    (str(address), port), timeout, source_address=source_address, socket_options=socket_options
+                )
+            except OSError as exc:
+                last_error = exc
+        raise last_error or OSError(f"could not connect to {host}")
+
+    def session(self) -> requests.Session:
+        """A requests session whose every connection, redirects included, goes through `connect`."""
+        session = requests.Session()
+        session.trust_env = False  # no proxies or .netrc from the environment
+        session.max_redirects = self.max_redirects
+        adapter = _GuardedAdapter(self)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+
+def _guarded(base: type[HTTPConnection], policy: UrlPolicy) -> type[HTTPConnection]:
+    class GuardedConnection(base):
+        def _new_conn(self) -> socket.socket:  # same error mapping as urllib3's own
+            try:
+                return policy.connect(self._dns_host, self.port, self.timeout, self.source_address, self.socket_options)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc
+            except TimeoutError as exc:
+                raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
+            except OSError as exc:
+                raise NewConnectionError(self, f"failed to establish a new connection: {exc}") from exc
+
+    return GuardedConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def __init__(self, policy: UrlPolicy):
+        self._policy = policy
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        http = type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": _guarded(HTTPConnection, self._policy)})
+        https = type(
+            "GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": _guarded(HTTPSConnection, self._policy)}
+        )
+        self.poolmanager.pool_classes_by_scheme = {"http": http, "https": https}

@@ -1,0 +1,169 @@
+"""Faults injected into a real job on the tiny model: the job ends with a clear error, nothing is left
+half-written, no URL points at an object that is not there, and the worker serves the next job."""
+
+import gc
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from helpers import bucket_keys, data_uri, encode, free_port, picture
+
+from wan_i2v import worker as worker_module
+from wan_i2v.errors import StorageError
+from wan_i2v.netguard import UrlPolicy
+from wan_i2v.settings import BucketSettings, Settings
+from wan_i2v.storage import save_local, upload_s3
+from wan_i2v.video import encode_mp4, probe_mp4
+from wan_i2v.worker import Worker
+
+JOB = {"image": data_uri(encode(picture(), "PNG")), "prompt": "a kite", "sample_steps": 15, "frame_num": 17}
+CHEAP = {**JOB, "guidance_scale": 1.0, "guidance_scale_2": 1.0}
+
+
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch):
+    """Every temporary file of the job goes here; the test checks it is empty afterwards."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    yield root
+    assert list(root.iterdir()) == [], "temporary files were left behind"
+
+
+def make_worker(engine, tmp_path, **settings) -> Worker:
+    return Worker(engine, Settings(model="tiny", output_dir=tmp_path / "out", **settings))
+
+
+def bucket(env: dict, endpoint: str, **extra) -> BucketSettings:
+    return BucketSettings.from_env({**env, "BUCKET_ENDPOINT_URL": endpoint, **extra})
+
+
+def test_bucket_answering_500_is_retried_with_backoff_then_succeeds(engine, tmp_path, temp_root, bucket_env, faulty_s3):
+    faulty_s3.fail_next = 2
+    target = bucket(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="3")
+    result = make_worker(engine, tmp_path, bucket=target).handle({"id": "flaky", "input": CHEAP})
+    assert "error" not in result, result
+    puts = [r for r in faulty_s3.requests if r[0] == "PUT"]
+    assert len(puts) == 3, "the upload was not retried twice"
+    assert puts[2][2] - puts[0][2] > 0.01, "no backoff between attempts"
+    video = tmp_path / "got.mp4"
+    video.write_bytes(requests.get(result["video_url"], timeout=30).content)
+    assert probe_mp4(video)["frames"] == 17
+
+
+def test_bucket_that_keeps_failing_gives_a_clear_error_and_no_url(engine, tmp_path, temp_root, bucket_env, faulty_s3):
+    faulty_s3.fail_next = 10**6
+    target = bucket(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="3")
+    result = make_worker(engine, tmp_path, bucket=target).handle({"id": "down", "input": CHEAP})
+    assert set(result) == {"error"}, result
+    assert result["error"] == (
+        f"upload to bucket '{bucket_env['BUCKET_NAME']}' at {faulty_s3.url} failed after 3 attempts: InternalError"
+    )
+    assert len([r for r in faulty_s3.requests if r[0] == "PUT"]) == 3
+    assert bucket_keys(bucket_env) == [], "an object was left in the bucket"
+    assert bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in result["error"]
+
+
+def test_slow_bucket_times_out_retries_and_gives_a_clear_error(bucket_env, faulty_s3, tmp_path):
+    faulty_s3.stall_s = 2.0
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0" * 1000)
+    target = bucket(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="2", BUCKET_TIMEOUT_S="0.5")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"failed after 2 attempts: no answer within 0.5 s$"):
+        upload_s3(video, target, "slow.mp4")
+    assert time.monotonic() - started < 10
+    assert len(faulty_s3.requests) == 2
+
+
+def test_unreachable_bucket_fails_the_job_cleanly_and_the_worker_goes_on(engine, tmp_path, temp_root, bucket_env):
+    closed = f"http://127.0.0.1:{free_port()}"
+    down = make_worker(engine, tmp_path, bucket=bucket(bucket_env, closed, BUCKET_MAX_ATTEMPTS="2"))
+    result = down.handle({"id": "nobucket", "input": CHEAP})
+    assert result == {
+        "error": f"upload to bucket '{bucket_env['BUCKET_NAME']}' at {closed} failed after 2 attempts: "
+        "could not connect"
+    }
+    up = make_worker(engine, tmp_path, bucket=bucket(bucket_env, bucket_env["BUCKET_ENDPOINT_URL"]))
+    assert "video_url" in up.handle({"id": "next", "input": CHEAP})
+
+
+def test_disk_full_while_encoding(engine, tmp_path, temp_root, monkeypatch):
+    def encode_onto_a_full_disk(frames, path, *args, **kwargs):
+        Path(path).symlink_to("/dev/full")  # every write to the output fails with ENOSPC
+        return encode_mp4(frames, path, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "encode_mp4", encode_onto_a_full_disk)
+    result = make_worker(engine, tmp_path).handle({"id": "full", "input": CHEAP})
+    assert result == {
+        "error": "encoding the MP4 failed: no space left on the worker's disk",
+        "refresh_worker": True,
+    }
+    assert not (tmp_path / "out").exists()
+
+
+def test_disk_full_while_saving_leaves_no_partial_file(tmp_path):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0" * 100_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip.mp4.partial").symlink_to("/dev/full")
+    with pytest.raises(StorageError, match=f"could not write the video to {out}: No space left on device"):
+        save_local(video, out, "clip.mp4")
+    assert list(out.iterdir()) == []
+
+
+def test_encoder_failure_is_a_clear_error(engine, tmp_path, temp_root, monkeypatch):
+    broken = tmp_path / "ffmpeg"
+    broken.write_text("#!/bin/sh\necho 'Segmentation fault (core dumped)' >&2\nexit 139\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(broken))
+    worker = make_worker(engine, tmp_path)
+    result = worker.handle({"id": "enc", "input": CHEAP})
+    assert result == {"error": "encoding the MP4 failed: Segmentation fault (core dumped)", "refresh_worker": True}
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "missing-ffmpeg"))
+    result = worker.handle({"id": "enc2", "input": CHEAP})
+    assert result["error"].startswith("encoding the MP4 failed: could not start ffmpeg (No such file")
+    monkeypatch.delenv("IMAGEIO_FFMPEG_EXE")
+    assert "video_url" in worker.handle({"id": "after", "input": CHEAP})
+
+
+def test_out_of_memory_while_denoising_releases_the_jobs_tensors(engine, tmp_path, temp_root, monkeypatch):
+    held = []
+
+    def out_of_memory(hidden_states, *args, **kwargs):
+        held.append(weakref.ref(hidden_states))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB")
+
+    monkeypatch.setattr(engine.pipe.transformer_2, "forward", out_of_memory)  # the low-noise expert, mid-job
+    released = []
+    monkeypatch.setattr(engine, "release_memory", lambda: released.append(True))
+    result = make_worker(engine, tmp_path).handle({"id": "oom", "input": CHEAP})
+    assert result["refresh_worker"] is True
+    assert result["error"].startswith("the GPU ran out of memory at 832x480, 17 frames")
+    gc.collect()
+    assert held and held[0]() is None, "the failed job's latents are still referenced"
+    assert released == [True]
+
+
+def test_an_image_url_that_hangs_fails_the_job_in_time(engine, tmp_path, temp_root, http_server):
+    http_server.routes["/hang.png"] = http_server.Route(body=encode(picture(), "PNG"), stall=30)
+    policy = UrlPolicy.from_allow_list("127.0.0.1", read_timeout_s=0.5)
+    started = time.monotonic()
+    result = make_worker(engine, tmp_path, url_policy=policy).handle(
+        {"id": "hang", "input": {**CHEAP, "image": http_server.url + "/hang.png?X-Amz-Signature=s3cr3t"}}
+    )
+    assert time.monotonic() - started < 5
+    assert result == {"error": f"image: {http_server.url}/hang.png did not answer in time (connect 5 s, read 0.5 s)"}
+
+
+def test_progress_that_cannot_be_sent_never_fails_the_job(engine, tmp_path, temp_root):
+    def unreachable(job, event):
+        raise ConnectionError("progress endpoint down")
+
+    worker = Worker(engine, Settings(model="tiny", output_dir=tmp_path / "out"), progress=unreachable)
+    assert "video_url" in worker.handle({"id": "p", "input": CHEAP})
