@@ -5,6 +5,7 @@ stubbed resolver, and any attempt to open a socket to a non-loopback address fai
 """
 
 import gzip
+import socket
 import time
 
 import pytest
@@ -37,6 +38,8 @@ ZONE = {
 
 
 def stub_resolver(host, port):
+    if host not in ZONE:  # as getaddrinfo answers for a name with no address
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     return ZONE[host]
 
 
@@ -207,6 +210,8 @@ def test_a_trickling_server_meets_the_total_deadline(http_server):
         ("http://127.0.0.1:9000", "endpointUrl refused: 127.0.0.1 is a loopback address"),
         ("http://intranet.example", "endpointUrl refused: intranet.example resolves to 10.1.2.3"),
         ("file:///tmp/bucket", "endpointUrl must be an http(s) URL"),
+        ("https://nowhere.example", "endpointUrl host nowhere.example does not resolve"),
+        ("https://s3.example:99999", "endpointUrl port must be a number from 0 to 65535"),
     ],
 )
 def test_a_jobs_s3config_endpoint_follows_the_same_address_rules(engine, endpoint, message, loopback_only):

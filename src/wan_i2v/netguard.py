@@ -14,6 +14,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field, replace
 from typing import Callable
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -111,6 +112,26 @@ class UrlPolicy:
                 shown = "" if str(address) == name else f" resolves to {address}, which"
                 raise BlockedAddressError(f"{host}{shown} is {reason}; only public addresses may be fetched")
         return found
+
+    def check_url(self, url: str) -> list[IPAddress]:
+        """Check a URL that another library will connect to (a job's s3Config endpoint).
+
+        Raises ValueError (its text reads after the URL's name) for a URL that is not http(s) or whose
+        host does not resolve, and
+        BlockedAddressError for a refused address. Unlike `session()`, this checks before the connect,
+        not inside it, so it cannot rule out a DNS answer that changes in between.
+        """
+        parts = urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ValueError("port must be a number from 0 to 65535") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        try:
+            return self.addresses(parts.hostname, port)
+        except OSError:
+            raise ValueError(f"host {parts.hostname} does not resolve") from None
 
     def connect(self, host: str, port: int, timeout, source_address=None, socket_options=None) -> socket.socket:
         """A socket to the first checked address of `host` that answers."""

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
 
 from .engine import Engine, GenerationParams
 from .errors import InputError, JobError
+from .hostmem import resident_bytes, trim_heap
 from .images import fit_image, load_image, output_size
 from .netguard import BlockedAddressError
 from .schema import SEED_MAX, JobInput, parse_job_input
@@ -69,8 +69,14 @@ class Worker:
         self.progress = progress
 
     def handle(self, job: dict) -> dict:
-        started = time.perf_counter()
         job_id = str(job.get("id") or "local") if isinstance(job, dict) else "local"
+        try:
+            return self._answer(job, job_id)
+        finally:
+            self._release_host_memory(job_id)
+
+    def _answer(self, job: dict, job_id: str) -> dict:
+        started = time.perf_counter()
         try:
             if not isinstance(job, dict):
                 raise InputError("job: must be an object with an 'input' object")
@@ -91,6 +97,19 @@ class Worker:
         # The failed job's tensors became unreachable with its exception: hand their memory back now.
         self.engine.release_memory()
         return result
+
+    @staticmethod
+    def _release_host_memory(job_id: str) -> None:
+        """Every job ends here, so a long-lived worker's resident memory stays flat (see hostmem)."""
+        before, started = resident_bytes(), time.perf_counter()
+        if trim_heap() and before is not None:
+            log.debug(
+                "job %s: heap trimmed from %d to %d MiB in %.0f ms",
+                job_id,
+                before >> 20,
+                (resident_bytes() or 0) >> 20,
+                (time.perf_counter() - started) * 1000,
+            )
 
     def _report(self, job: dict, event: dict) -> None:
         event = progress_event(event)
@@ -173,15 +192,12 @@ class Worker:
         except SettingsError as exc:
             raise InputError(str(exc)) from None
         # The caller names this endpoint: the same address rules as for image URLs apply.
-        endpoint = urlsplit(bucket.endpoint_url)
-        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
-            raise InputError("s3Config: endpointUrl must be an http(s) URL")
         try:
-            self.settings.url_policy.addresses(endpoint.hostname, endpoint.port or 443)
+            self.settings.url_policy.check_url(bucket.endpoint_url)
+        except ValueError as exc:
+            raise InputError(f"s3Config: endpointUrl {exc}") from None
         except BlockedAddressError as exc:
             raise InputError(f"s3Config: endpointUrl refused: {exc}") from None
-        except OSError:
-            raise InputError(f"s3Config: endpointUrl host {endpoint.hostname} does not resolve") from None
         return bucket
 
     def _store(self, path: Path, request: JobInput, bucket: BucketSettings | None, job_id: str) -> StoredVideo:
