@@ -99,7 +99,7 @@ def test_100_sequential_jobs_in_one_worker_keep_memory_flat(endpoint_factory, tm
     Single samples swing by several percent; the medians of twenty jobs do not, and a leak of even
     1 MB per job moves them by about 10%. The peak (VmHWM) after job 30 against after job 100 shows
     the worker does not merely look flat between jobs while its working set climbs. Without the
-    heap trim after each job (wan_i2v.hostmem) the medians grew 12-40% here."""
+    heap trim after each job (wan_i2v.hostmem) the medians grew 12% here."""
     endpoint = endpoint_factory(workers_max=1, idle_timeout_s=60)
     client = client_for(endpoint)
     rss: dict[int, int] = {}

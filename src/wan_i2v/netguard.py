@@ -116,18 +116,18 @@ class UrlPolicy:
     def check_url(self, url: str) -> list[IPAddress]:
         """Check a URL that another library will connect to (a job's s3Config endpoint).
 
-        Raises ValueError (its text reads after the URL's name) for a URL that is not http(s) or whose
-        host does not resolve, and
-        BlockedAddressError for a refused address. Unlike `session()`, this checks before the connect,
-        not inside it, so it cannot rule out a DNS answer that changes in between.
+        Raises ValueError (its text reads after the URL's name) for a URL that is not http(s), has a
+        bad port or a host that does not resolve, and BlockedAddressError for a refused address.
+        Unlike `session()`, this checks before the connect, not inside it, so it cannot rule out a
+        DNS answer that changes in between.
         """
         parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             raise ValueError("port must be a number from 0 to 65535") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL")
         try:
             return self.addresses(parts.hostname, port)
         except OSError:
