@@ -122,6 +122,52 @@ def http_server():
     server.server_close()
 
 
+def serve_proxy(upstream: str, before, after):
+    """A loopback HTTP proxy to `upstream` for injecting faults; returns (server, url).
+
+    `before(handler, body)` runs first and may answer the request itself (then it returns True);
+    `after(handler)` runs once upstream has answered, before that answer is passed back."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    target = urlsplit(upstream)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if before(self, body):
+                return
+            upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            headers["Host"] = target.netloc
+            upstream_conn.request(self.command, self.path, body=body, headers=headers)
+            answer = upstream_conn.getresponse()
+            data = answer.read()
+            upstream_conn.close()
+            after(self)
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_PATCH = do_HEAD = do_DELETE = _any  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class FaultyS3:
     """A loopback proxy in front of the S3 server that injects faults: `fail_next` requests answer
     500 InternalError, and while `stall_s` is set each request waits that long and is then dropped.
@@ -133,64 +179,70 @@ class FaultyS3:
         self.stall_s = 0.0
         self.requests: list[tuple[str, str, float]] = []
 
+    def before(self, handler: BaseHTTPRequestHandler, body: bytes) -> bool:
+        self.requests.append((handler.command, handler.path, time.monotonic()))
+        if self.stall_s:
+            time.sleep(self.stall_s)
+            handler.close_connection = True
+            return True
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            error = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+            handler.send_response(500)
+            handler.send_header("Content-Type", "application/xml")
+            handler.send_header("Content-Length", str(len(error)))
+            handler.end_headers()
+            handler.wfile.write(error)
+            return True
+        return False
+
 
 @pytest.fixture
 def faulty_s3(s3_endpoint):
-    import http.client
-    from urllib.parse import urlsplit
-
     state = FaultyS3(s3_endpoint)
-    target = urlsplit(s3_endpoint)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _any(self):
-            state.requests.append((self.command, self.path, time.monotonic()))
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            if state.stall_s:
-                time.sleep(state.stall_s)
-                self.close_connection = True
-                return
-            if state.fail_next > 0:
-                state.fail_next -= 1
-                error = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-                self.send_response(500)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(error)))
-                self.end_headers()
-                self.wfile.write(error)
-                return
-            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-            headers["Host"] = target.netloc
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            answer = upstream.getresponse()
-            data = answer.read()
-            self.send_response(answer.status)
-            for key, value in answer.getheaders():
-                if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            upstream.close()
-
-        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any  # noqa: N815
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, state.url = serve_proxy(s3_endpoint, state.before, lambda handler: None)
     yield state
     server.shutdown()
     server.server_close()
+
+
+class HeldRuns:
+    """A loopback proxy in front of a dev endpoint. While `hold` is set, each POST .../run reaches the
+    endpoint (the job is queued) but its answer is kept back until `release` is set: the moment in
+    which a client has sent a job and does not know its id yet. `held` is set when that happens."""
+
+    def __init__(self):
+        self.hold = threading.Event()
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.requests: list[tuple[str, str]] = []
+
+    def before(self, handler: BaseHTTPRequestHandler, body: bytes) -> bool:
+        self.requests.append((handler.command, handler.path))
+        return False
+
+    def after(self, handler: BaseHTTPRequestHandler) -> None:
+        if handler.command == "POST" and handler.path.endswith("/run") and self.hold.is_set():
+            self.held.set()
+            assert self.release.wait(120), "the held /run answer was never released"
+
+
+@pytest.fixture
+def held_runs():
+    """start(endpoint) -> HeldRuns with `.url` standing in for `endpoint.url`."""
+    servers = []
+
+    def start(endpoint) -> HeldRuns:
+        state = HeldRuns()
+        server, state.url = serve_proxy(endpoint.url, state.before, state.after)
+        servers.append((state, server))
+        return state
+
+    yield start
+    for state, server in servers:
+        state.release.set()
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

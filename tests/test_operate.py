@@ -4,10 +4,12 @@ Workers are real: `python handler.py` in RunPod's worker mode on the tiny model.
 
 import csv
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,14 @@ def test_batch_of_six_with_worker_management(endpoint_factory, tmp_path):
     assert "Started." in worker_logs and "Network connectivity" not in worker_logs  # stays on loopback
 
 
+def ledger_states(ledger: Path) -> list[str] | None:
+    try:
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+            return [state for (state,) in db.execute("SELECT state FROM jobs ORDER BY position")]
+    except sqlite3.OperationalError:  # no file yet, or no table yet: the batch is still creating it
+        return None
+
+
 def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp_path):
     endpoint = endpoint_factory()
     images, prompts = make_inputs(tmp_path, 2, ["waves roll in", "birds fly away"])
@@ -75,10 +85,7 @@ def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp
     )
 
     def states():
-        if not ledger.exists():
-            return None
-        with sqlite3.connect(ledger) as db:
-            return [state for (state,) in db.execute("SELECT state FROM jobs ORDER BY position")]
+        return ledger_states(ledger)
 
     # Kill while the second job runs: one finished and downloaded, one in flight, two never sent.
     wait_until(lambda: (s := states()) and s.count("completed") == 1 and "running" in s, 300, "the 2nd job to run")
@@ -101,6 +108,51 @@ def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp
     assert len(rows) == 4
     assert_videos(r["video_path"] for r in rows)
     assert endpoint.min_workers == 0
+
+
+def test_batch_killed_before_it_learns_a_job_id_does_not_send_that_job_again(endpoint_factory, held_runs, tmp_path):
+    """The one moment RunPod's API cannot make safe by itself: the endpoint has queued the job, and the
+    batch is killed before /run answers with the id. The whole process group gets SIGKILL (as Ctrl-C
+    or a closed terminal would reach it); the helper that sent the job is in a session of its own,
+    records the id, and the resumed batch waits for it instead of sending the job again."""
+    endpoint = endpoint_factory()
+    proxy = held_runs(endpoint)
+    images, prompts = make_inputs(tmp_path, 1, ["waves roll in", "birds fly away"])
+    download = tmp_path / "videos"
+    ledger = download / "wan-i2v-batch.sqlite"
+    proxy.hold.set()
+    first = subprocess.Popen(
+        wan_i2v(*batch_args(prompts, images, download, max_in_flight=1)),
+        env=cli_env(proxy),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert proxy.held.wait(300), "the batch never sent its first job"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert len(endpoint.submissions) == 1 and ledger_states(ledger) == ["submitting", "pending"]
+
+    proxy.hold.clear()
+    talked = len(proxy.requests)
+    resumed = subprocess.Popen(
+        wan_i2v("batch", "--resume", "--ledger", str(ledger), "--poll", "0.5"),
+        env=cli_env(proxy),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: len(proxy.requests) > talked, 60, "the resumed batch to reach the endpoint")
+    time.sleep(2)  # time enough to send the job again, were it not waiting for the helper
+    assert len(endpoint.submissions) == 1 and ledger_states(ledger)[0] == "submitting"
+    proxy.release.set()
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err[-3000:]
+    assert ledger_states(ledger) == ["completed"] * 2
+    sent = [(s["input"]["image"], s["input"]["prompt"]) for s in endpoint.submissions]
+    assert len(sent) == 2 and len(set(sent)) == 2, "a job was submitted twice"
+    assert_videos(r["video_path"] for r in csv.DictReader(open(download / "index.csv")))
+    assert KEY not in out + err
 
 
 def test_cancel_purge_and_defensive_scale_down(endpoint_factory):
@@ -189,6 +241,19 @@ def test_a_bad_api_key_is_refused_clearly(endpoint_factory):
     assert done.returncode == 2 and "HTTP 401" in done.stderr and "wrong-key-123" not in done.stderr
     missing = subprocess.run(wan_i2v("health"), env={**env, "RUNPOD_API_KEY": ""}, capture_output=True, text=True)
     assert missing.returncode == 2 and "no RunPod API key" in missing.stderr
+
+
+def test_a_batch_job_refused_by_the_api_stops_the_batch_with_the_apis_error(endpoint_factory, tmp_path):
+    """The helper that sends each batch job hands RunPod's refusal back: exit 2, the HTTP status, no key."""
+    endpoint = endpoint_factory(workers_max=0)
+    images, prompts = make_inputs(tmp_path, 1, ["waves roll in"])
+    download = tmp_path / "videos"
+    env = {**cli_env(endpoint), "RUNPOD_API_KEY": "wrong-key-123"}
+    args = [*batch_args(prompts, images, download, max_in_flight=1), "--no-manage-workers"]
+    done = subprocess.run(wan_i2v(*args), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "POST v2/dev/run failed: HTTP 401" in done.stderr and "wrong-key-123" not in done.stderr
+    assert endpoint.submissions == [] and ledger_states(download / "wan-i2v-batch.sqlite") == ["submitting"]
 
 
 def test_the_client_side_never_imports_the_model_stack():

@@ -77,6 +77,13 @@ class ApiSession:
         return base * (0.5 + random.random() / 2)  # jitter, so many clients do not retry in step
 
 
+def job_id_of(answer: Any) -> str:
+    """The job id in /run's answer."""
+    if not isinstance(answer, dict) or not answer.get("id"):
+        raise ApiError(f"/run answered without a job id: {answer!r}")
+    return answer["id"]
+
+
 def _describe(response: requests.Response) -> str:
     try:
         body = response.json()

@@ -17,6 +17,7 @@ from typing import Callable
 
 from .api import ApiError
 from .client import Client, download
+from .handoff import send, send_lock
 from .ledger import OPEN_STATES, Ledger, Row
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class BatchRunner:
         rows = self.ledger.rows(OPEN_STATES)
         in_flight = [r for r in rows if r.state in ("submitting", "submitted", "running")]
         for row in in_flight:
-            if row.state == "submitting":  # killed between sending and recording: see README
+            if row.state == "submitting":  # a killed run's: sent only if its helper never recorded an id
                 self._submit(row)
             else:
                 self._poll(row)
@@ -119,8 +120,15 @@ class BatchRunner:
             self._submit(row)
 
     def _submit(self, row: Row) -> None:
-        self._set(row, "submitting", attempts=row.attempts + 1)
-        job_id = self.client.submit(row.job_input())
+        """Send one job through a detached helper (see `handoff`), so a kill at any moment sends it at most once."""
+        with send_lock(self.ledger.path) as lock:
+            now = self.ledger.row(row.key)
+            if now.state not in ("pending", "submitting"):
+                log.info("job %d was sent by the run before, as %s", row.position + 1, now.job_id)
+                return
+            url, body = self.client.run_request(row.job_input())
+            self._set(row, "submitting", attempts=now.attempts + 1)
+            job_id = send(lock, self.ledger.path, row.key, self.client.api, url, body)
         self._set(row, "submitted", job_id=job_id)
 
     def _poll(self, row: Row) -> None:

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiError, ApiSession
+from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiError, ApiSession, job_id_of
 from .management import Health, Management
 from .settings import BucketSettings, s3_client
 
@@ -92,6 +92,17 @@ class Client:
         ttl_s: float | None = None,
     ) -> str:
         """POST /run; local image paths in the input are sent inline or uploaded first. Returns the job id."""
+        url, body = self.run_request(job_input, webhook, execution_timeout_s, ttl_s)
+        return job_id_of(self.api.request("POST", url, body))
+
+    def run_request(
+        self,
+        job_input: dict,
+        webhook: str | None = None,
+        execution_timeout_s: float | None = None,
+        ttl_s: float | None = None,
+    ) -> tuple[str, dict]:
+        """The URL and body of a /run request (local images already inlined or uploaded)."""
         body: dict[str, Any] = {"input": self.prepare_input(job_input)}
         if webhook:
             body["webhook"] = webhook
@@ -102,10 +113,7 @@ class Client:
             policy["ttl"] = int(ttl_s * 1000)
         if policy:
             body["policy"] = policy
-        answer = self.api.request("POST", f"{self.url}/run", body)
-        if not isinstance(answer, dict) or not answer.get("id"):
-            raise ApiError(f"/run answered without a job id: {answer!r}")
-        return answer["id"]
+        return f"{self.url}/run", body
 
     def status(self, job_id: str) -> dict:
         return self.api.request("GET", f"{self.url}/status/{job_id}")

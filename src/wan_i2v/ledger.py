@@ -94,11 +94,18 @@ class Ledger:
         return json.loads(row[0]) if row else None
 
     def rows(self, states: tuple[str, ...] = STATES) -> list[Row]:
-        marks = ",".join("?" * len(states))
+        return self._select(f"state IN ({','.join('?' * len(states))})", states)
+
+    def row(self, key: str) -> Row:
+        """One job as the file holds it now (another process may have moved it on)."""
+        (found,) = self._select("key = ?", (key,))
+        return found
+
+    def _select(self, where: str, params: tuple) -> list[Row]:
         cursor = self.db.execute(
             "SELECT key, position, image, prompt, fields, state, job_id, attempts, output, error, video_path, "
-            f"generation_time FROM jobs WHERE state IN ({marks}) ORDER BY position",
-            states,
+            f"generation_time FROM jobs WHERE {where} ORDER BY position",
+            params,
         )
         return [
             Row(k, pos, img, pr, json.loads(f), st, jid, att, json.loads(out) if out else None, err, vp, gt)
