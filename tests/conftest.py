@@ -140,7 +140,7 @@ def serve_proxy(upstream: str, before, after):
             body = self.rfile.read(length) if length else b""
             if before(self, body):
                 return
-            upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
             headers["Host"] = target.netloc
             upstream_conn.request(self.command, self.path, body=body, headers=headers)

@@ -84,14 +84,13 @@ def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp
         wan_i2v(*args), env=cli_env(endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
-    def states():
-        return ledger_states(ledger)
-
     # Kill while the second job runs: one finished and downloaded, one in flight, two never sent.
-    wait_until(lambda: (s := states()) and s.count("completed") == 1 and "running" in s, 300, "the 2nd job to run")
+    wait_until(
+        lambda: (s := ledger_states(ledger)) and s.count("completed") == 1 and "running" in s, 300, "the 2nd job to run"
+    )
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert states().count("pending") == 2
+    assert ledger_states(ledger).count("pending") == 2
 
     resumed = subprocess.run(
         wan_i2v("batch", "--resume", "--ledger", str(ledger), "--poll", "0.5"),
@@ -101,7 +100,7 @@ def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp
         timeout=900,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert states() == ["completed"] * 4
+    assert ledger_states(ledger) == ["completed"] * 4
     sent = [(s["input"]["image"], s["input"]["prompt"]) for s in endpoint.submissions]
     assert len(sent) == 4 and len(set(sent)) == 4, "a job was submitted twice"
     rows = list(csv.DictReader(open(download / "index.csv")))
