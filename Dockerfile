@@ -15,11 +15,12 @@ COPY builder/requirements.txt builder/requirements.txt
 RUN pip install -r builder/requirements.txt
 
 # 2. Bake the weights (at least 65 GB) in their own layer, before the code, so that code changes
-#    do not download them again. The check uses the worker's own rules (wan_i2v/weights.py).
+#    do not download them again. The check uses the worker's own rules (wan_i2v/worker/weights.py).
 ARG WAN_MODEL_ID=Wan-AI/Wan2.2-I2V-A14B-Diffusers
 ARG WAN_MODEL_REVISION=main
 COPY builder/fetch_weights.py builder/fetch_weights.py
-COPY src/wan_i2v/__init__.py src/wan_i2v/errors.py src/wan_i2v/weights.py src/wan_i2v/
+COPY src/wan_i2v/__init__.py src/wan_i2v/errors.py src/wan_i2v/
+COPY src/wan_i2v/worker/__init__.py src/wan_i2v/worker/weights.py src/wan_i2v/worker/
 RUN python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dest /models/wan
 
 # 3. The worker itself.

@@ -14,9 +14,8 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
 import runpod  # noqa: E402
 
-from wan_i2v.errors import ModelNotFoundError  # noqa: E402
-from wan_i2v.settings import SettingsError  # noqa: E402
-from wan_i2v.worker import build_worker  # noqa: E402
+from wan_i2v.errors import ModelNotFoundError, SettingsError  # noqa: E402
+from wan_i2v.worker.job import build_worker  # noqa: E402
 
 logging.basicConfig(
     level=os.environ.get("WAN_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 try:
-    from wan_i2v.weights import REQUIRED_COMPONENTS, missing_parts
+    from wan_i2v.worker.weights import REQUIRED_COMPONENTS, missing_parts
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from wan_i2v.weights import REQUIRED_COMPONENTS, missing_parts
+    from wan_i2v.worker.weights import REQUIRED_COMPONENTS, missing_parts
 
 ALLOW_PATTERNS = ["model_index.json"] + [f"{component}/*" for component in REQUIRED_COMPONENTS]
 

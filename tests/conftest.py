@@ -9,9 +9,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import free_port, s3_client, wait_for_port
+from helpers import ROOT, free_port, s3_client, wait_for_port
 
-ROOT = Path(__file__).resolve().parents[1]
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--load-scale",
+        choices=("full", "ci"),
+        default="full",
+        help="size of the load tier: full (the README's figures) or ci (scaled down for .ci/run)",
+    )
+
+
+@pytest.fixture(scope="session")
+def load_scale(request) -> str:
+    return request.config.getoption("--load-scale")
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +36,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(tiny_model):
-    from wan_i2v.engine import Engine
+    from wan_i2v.worker.engine import Engine
 
     return Engine.load(str(tiny_model))
 
@@ -250,7 +262,7 @@ def endpoint_factory(tiny_model, tmp_path, monkeypatch):
     """Starts local RunPod-compatible endpoints whose workers run `python handler.py` on the tiny model."""
     from helpers import KEY
 
-    from wan_i2v.devserver import DevEndpoint
+    from wan_i2v.ops.devserver import DevEndpoint
 
     for name in [n for n in os.environ if n.startswith(("BUCKET_", "RUNPOD_"))]:
         monkeypatch.delenv(name)

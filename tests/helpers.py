@@ -1,4 +1,5 @@
-"""Small helpers shared by the tests: images as bytes, free ports, waiting for servers."""
+"""What the tests share: the repository root, test pictures, the standard jobs, free ports, waiting for
+servers, the local endpoint's client and command, and checks of videos and ledgers. One place for each."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import base64
 import io
 import os
 import socket
+import sqlite3
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def picture(width: int = 208, height: int = 120, mode: str = "RGB") -> Image.Image:
@@ -72,8 +77,8 @@ KEY = "test-api-key-never-printed"
 
 def client_for(endpoint, **api):
     """A Client of the local endpoint with short backoff and polling."""
-    from wan_i2v.api import ApiSession
-    from wan_i2v.client import Client
+    from wan_i2v.ops.api import ApiSession
+    from wan_i2v.ops.client import Client
 
     session = ApiSession(api.pop("api_key", KEY), backoff_s=api.pop("backoff_s", 0.05), **api)
     return Client(
@@ -92,7 +97,7 @@ def cli_env(endpoint) -> dict:
 
 
 def wan_i2v(*args) -> list[str]:
-    return [sys.executable, "-m", "wan_i2v.cli", *args]
+    return [sys.executable, "-m", "wan_i2v.ops.cli", *args]
 
 
 def make_inputs(folder: Path, images: int, prompts: list[str]) -> tuple[Path, Path]:
@@ -137,8 +142,40 @@ def wait_until(predicate, timeout_s: float, what: str):
 
 
 def assert_videos(paths, frames=17):
-    from wan_i2v.video import probe_mp4
+    from wan_i2v.worker.video import probe_mp4
 
     for path in paths:
         info = probe_mp4(Path(path))
         assert info["frames"] == frames and info["codec"].startswith("h264"), (path, info)
+
+
+# The standard jobs. A whole job on the tiny model is 832x480 (the schema's smallest area), 17 frames
+# and 15 steps (the schema's fewest): about 8 s on 2 CPU cores, most of it the VAE.
+IMAGE = data_uri(encode(picture(), "PNG"))
+SHAPE = {"sample_steps": 15, "frame_num": 17}  # the cheapest job shape the schema allows
+JOB = {"image": IMAGE, "prompt": "a sunset over a field", **SHAPE}
+UNGUIDED = {"guidance_scale": 1.0, "guidance_scale_2": 1.0}  # one forward per step instead of two
+CHEAP = {**JOB, **UNGUIDED}
+
+
+def local_file(url: str) -> Path:
+    """The path behind a `file://` video_url (a worker with no bucket)."""
+    assert url.startswith("file://"), url
+    return Path(unquote(urlparse(url).path))
+
+
+def ledger_states(ledger: Path) -> list[str] | None:
+    """The job states in a batch ledger, read-only; None while the batch is still creating the file."""
+    try:
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+            return [state for (state,) in db.execute("SELECT state FROM jobs ORDER BY position")]
+    except sqlite3.OperationalError:  # no file yet, or no table yet
+        return None
+
+
+def memory_bytes(pid: int, field: str) -> int:
+    """VmRSS (resident now) or VmHWM (the resident peak so far) of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for pid {pid}")

@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 
 from wan_i2v.errors import ModelNotFoundError
 from wan_i2v.schema import parse_job_input
-from wan_i2v.weights import resolve_model
+from wan_i2v.worker.weights import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -102,7 +102,7 @@ def _cache_snapshot(hf_home: Path, repo_id: str, source: Path) -> Path:
 def test_a_hub_id_resolves_to_its_cached_snapshot_without_network(tiny_model, tmp_path):
     snapshot = _cache_snapshot(tmp_path / "hf", "Wan-AI/Wan2.2-I2V-A14B-Diffusers", tiny_model)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    code = "from wan_i2v.weights import resolve_model; print(resolve_model('Wan-AI/Wan2.2-I2V-A14B-Diffusers'))"
+    code = "from wan_i2v.worker.weights import resolve_model; print(resolve_model('Wan-AI/Wan2.2-I2V-A14B-Diffusers'))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()) == snapshot

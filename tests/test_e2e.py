@@ -12,7 +12,7 @@ import pytest
 import requests
 from helpers import bucket_keys, data_uri, encode, free_port, picture, wait_for_port
 
-from wan_i2v.video import probe_mp4
+from wan_i2v.worker.video import probe_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,14 @@ import requests
 import torch
 from helpers import bucket_keys, data_uri, encode, free_port, picture
 
-from wan_i2v import worker as worker_module
+from wan_i2v.worker import job as worker_module
 from wan_i2v.errors import StorageError
-from wan_i2v.netguard import UrlPolicy
-from wan_i2v.settings import BucketSettings, Settings
-from wan_i2v.storage import save_local, upload_s3
-from wan_i2v.video import encode_mp4, probe_mp4
-from wan_i2v.worker import Worker
+from wan_i2v.worker.netguard import UrlPolicy
+from wan_i2v.bucket import BucketSettings
+from wan_i2v.worker.settings import Settings
+from wan_i2v.worker.storage import save_local, upload_s3
+from wan_i2v.worker.video import encode_mp4, probe_mp4
+from wan_i2v.worker.job import Worker
 
 JOB = {"image": data_uri(encode(picture(), "PNG")), "prompt": "a kite", "sample_steps": 15, "frame_num": 17}
 CHEAP = {**JOB, "guidance_scale": 1.0, "guidance_scale_2": 1.0}

@@ -11,11 +11,12 @@ import time
 import pytest
 from helpers import encode, picture
 
-from wan_i2v import images, netguard
+from wan_i2v.worker import images, netguard
 from wan_i2v.errors import InputError
-from wan_i2v.images import load_image
-from wan_i2v.netguard import UrlPolicy
-from wan_i2v.settings import Settings, SettingsError
+from wan_i2v.worker.images import load_image
+from wan_i2v.worker.netguard import UrlPolicy
+from wan_i2v.errors import SettingsError
+from wan_i2v.worker.settings import Settings
 
 PNG = encode(picture(), "PNG")
 LOOPBACK_ALLOWED = UrlPolicy.from_allow_list("127.0.0.1")
@@ -215,7 +216,7 @@ def test_a_trickling_server_meets_the_total_deadline(http_server):
     ],
 )
 def test_a_jobs_s3config_endpoint_follows_the_same_address_rules(engine, endpoint, message, loopback_only):
-    from wan_i2v.worker import Worker
+    from wan_i2v.worker.job import Worker
 
     worker = Worker(engine, Settings(model="tiny", url_policy=UrlPolicy().with_resolver(stub_resolver)))
     s3 = {"accessId": "a", "accessSecret": "b", "bucketName": "c", "endpointUrl": endpoint}

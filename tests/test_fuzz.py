@@ -8,11 +8,11 @@ from helpers import data_uri, encode, picture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wan_i2v import netguard
-from wan_i2v.netguard import UrlPolicy
+from wan_i2v.worker import netguard
+from wan_i2v.worker.netguard import UrlPolicy
 from wan_i2v.schema import JobInput
-from wan_i2v.settings import Settings
-from wan_i2v.worker import Worker
+from wan_i2v.worker.settings import Settings
+from wan_i2v.worker.job import Worker
 
 GOOD = {
     "image": data_uri(encode(picture(64, 48), "PNG")),

@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from wan_i2v.hostmem import resident_bytes, trim_heap
+from wan_i2v.worker.hostmem import resident_bytes, trim_heap
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 

@@ -6,9 +6,9 @@ import pytest
 from helpers import b64, data_uri, encode, picture
 from PIL import Image
 
-from wan_i2v import images
+from wan_i2v.worker import images
 from wan_i2v.errors import InputError
-from wan_i2v.images import decode_image, fit_image, load_image, output_size
+from wan_i2v.worker.images import decode_image, fit_image, load_image, output_size
 
 
 @pytest.mark.parametrize(

@@ -27,9 +27,9 @@ from helpers import (
     wan_i2v,
 )
 
-from wan_i2v.api import ApiError, ApiSession
-from wan_i2v.client import Client, JobFailed
-from wan_i2v.management import Health
+from wan_i2v.ops.api import ApiError, ApiSession
+from wan_i2v.ops.client import Client, JobFailed
+from wan_i2v.ops.management import Health
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"sample_steps": 15, "frame_num": 17}
@@ -275,8 +275,8 @@ def test_health_is_read_defensively():
 
 
 def test_local_images_go_inline_or_are_uploaded_once(bucket_env, tmp_path, monkeypatch):
-    from wan_i2v import client as client_module
-    from wan_i2v.settings import BucketSettings
+    from wan_i2v.ops import client as client_module
+    from wan_i2v.bucket import BucketSettings
 
     image = tmp_path / "shot.png"
     image.write_bytes(encode(picture(), "PNG"))

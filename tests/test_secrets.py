@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from helpers import KEY, client_for, encode, picture
 
-from wan_i2v.client import JobFailed
+from wan_i2v.ops.client import JobFailed
 
 IMAGE_SECRET = "image-query-signature-0f1e2d"
 JOB_S3_SECRET = "job-s3config-secret-9a8b7c"

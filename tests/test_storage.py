@@ -8,8 +8,10 @@ import requests
 from helpers import s3_client
 
 from wan_i2v.errors import StorageError
-from wan_i2v.settings import BucketSettings, Settings, SettingsError
-from wan_i2v.storage import inline_data_uri, local_name, object_key, save_local, upload_s3
+from wan_i2v.bucket import BucketSettings
+from wan_i2v.errors import SettingsError
+from wan_i2v.worker.settings import Settings
+from wan_i2v.worker.storage import inline_data_uri, local_name, object_key, save_local, upload_s3
 
 NOW = datetime(2026, 11, 22, 15, 30, tzinfo=timezone.utc)
 

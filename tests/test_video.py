@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wan_i2v.video import encode_mp4, probe_mp4, read_frames
+from wan_i2v.worker.video import encode_mp4, probe_mp4, read_frames
 
 
 def moving_frames(count=17, height=96, width=160):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import b64, data_uri, encode, picture
 
-from wan_i2v.settings import Settings
-from wan_i2v.video import probe_mp4, read_frames
-from wan_i2v.worker import Worker
+from wan_i2v.worker.settings import Settings
+from wan_i2v.worker.video import probe_mp4, read_frames
+from wan_i2v.worker.job import Worker
 
 IMAGE = data_uri(encode(picture(), "PNG"))
 SMALL = {"image": IMAGE, "prompt": "a sunset over a field", "sample_steps": 15, "frame_num": 17}

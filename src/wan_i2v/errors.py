@@ -33,3 +33,7 @@ class OutOfMemoryError(JobError):
 
 class ModelNotFoundError(Exception):
     """The model weights are not on disk. Raised at cold start, never per job."""
+
+
+class SettingsError(ValueError):
+    """An environment variable is missing or malformed; raised at cold start (or by the client's set-up)."""

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .engine import Engine, GenerationParams
-from .errors import InputError, JobError
+from ..errors import InputError, JobError
 from .hostmem import resident_bytes, trim_heap
 from .images import fit_image, load_image, output_size
 from .netguard import BlockedAddressError
-from .schema import SEED_MAX, JobInput, parse_job_input
-from .settings import BucketSettings, Settings, SettingsError
+from ..schema import SEED_MAX, JobInput, parse_job_input
+from ..bucket import BucketSettings
+from ..errors import SettingsError
+from .settings import Settings
 from .storage import StoredVideo, inline_data_uri, local_name, object_key, save_local, upload_s3
 from .video import encode_mp4
 

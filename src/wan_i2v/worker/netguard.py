@@ -59,6 +59,15 @@ def refusal(address: IPAddress) -> str | None:
     return None
 
 
+def shown_url(url: str) -> str:
+    """A URL for messages and logs: no query string or credentials (presigned URLs carry secrets there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+
 @dataclass(frozen=True)
 class UrlPolicy:
     """Addresses and limits for fetching job images.

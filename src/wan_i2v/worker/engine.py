@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ModelNotFoundError, OutOfMemoryError
+from ..errors import ModelNotFoundError, OutOfMemoryError
 from .weights import resolve_model
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 RunPod's /run takes no idempotency key, and a job cannot be found except by its id. A batch that sent
 a job itself and was killed after RunPod accepted it, but before the ledger recorded the id, could
 only send it again when resumed. So the batch hands each /run request to a short-lived helper
-(`python -m wan_i2v.handoff`) in a session of its own, which a SIGKILL of the batch, Ctrl-C or a
+(`python -m wan_i2v.ops.handoff`) in a session of its own, which a SIGKILL of the batch, Ctrl-C or a
 closed terminal does not reach. The helper reads the whole request from its stdin, sends it, records
 the id in the ledger and exits.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 # Component folders of the diffusers layout and the files each must hold.
 REQUIRED_COMPONENTS = {

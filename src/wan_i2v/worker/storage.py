@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import StorageError
-from .images import shown_url
-from .settings import BucketSettings, s3_client
+from ..errors import StorageError
+from .netguard import shown_url
+from ..bucket import BucketSettings, s3_client
 
 CONTENT_TYPE = "video/mp4"
 MULTIPART_BYTES = 16 * 1024 * 1024

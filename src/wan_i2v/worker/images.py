@@ -11,17 +11,16 @@ import io
 import math
 import re
 import time
-from urllib.parse import urlsplit
 
 import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
-from . import __version__
-from .errors import InputError
-from .netguard import BlockedAddressError, UrlPolicy
-from .schema import RESOLUTION_AREAS
+from .. import __version__
+from ..errors import InputError
+from .netguard import BlockedAddressError, UrlPolicy, shown_url
+from ..schema import RESOLUTION_AREAS
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
@@ -50,14 +49,6 @@ def read_source(field: str, value: str, policy: UrlPolicy = DEFAULT_POLICY) -> b
     if scheme:
         raise InputError(f"{field}: URL scheme '{scheme}' is not allowed; allowed: http, https, data, or raw base64")
     return _decode_base64(field, text)
-
-
-def shown_url(url: str) -> str:
-    """A URL for messages and logs: no query string or credentials (presigned URLs carry secrets there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def fetch_url(field: str, url: str, policy: UrlPolicy = DEFAULT_POLICY) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from .errors import EncodeError
+from ..errors import EncodeError
 
 
 def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, preset: str = "medium") -> None:

@@ -1,21 +1,16 @@
-"""The worker's settings, read once from the environment at cold start."""
+"""The S3-compatible bucket both sides use: the worker uploads videos to it, the client uploads large
+input images. RunPod's own variable names, read plainly; boto3 is imported only when a client is made."""
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Mapping
 
-from .netguard import UrlPolicy
+from .env import env_float, env_int
+from .errors import SettingsError
 
-DEFAULT_MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 S3_CONFIG_KEYS = ("accessId", "accessSecret", "bucketName", "endpointUrl")
-
-
-class SettingsError(ValueError):
-    """An environment variable is missing or malformed; raised at cold start."""
 
 
 @dataclass(frozen=True)
@@ -46,16 +41,16 @@ class BucketSettings:
         if len(present) < len(names):
             missing = ", ".join(n for n in names if n not in present)
             raise SettingsError(f"bucket storage is half configured: {missing} not set (set all four or none)")
-        expiry = _int(env, "BUCKET_URL_EXPIRY", cls.url_expiry_s)
+        expiry = env_int(env, "BUCKET_URL_EXPIRY", cls.url_expiry_s)
         if not 1 <= expiry <= 7 * 24 * 3600:
             raise SettingsError(f"BUCKET_URL_EXPIRY={expiry}: allowed 1..604800 seconds (S3's 7-day limit)")
         style = env.get("BUCKET_ADDRESSING_STYLE", cls.addressing_style)
         if style not in ("path", "virtual", "auto"):
             raise SettingsError(f"BUCKET_ADDRESSING_STYLE={style!r}: allowed path, virtual, auto")
-        timeout = _float(env, "BUCKET_TIMEOUT_S", cls.timeout_s)
+        timeout = env_float(env, "BUCKET_TIMEOUT_S", cls.timeout_s)
         if not 0 < timeout <= 600:
             raise SettingsError(f"BUCKET_TIMEOUT_S={timeout:g}: allowed more than 0 and up to 600 seconds")
-        attempts = _int(env, "BUCKET_MAX_ATTEMPTS", cls.max_attempts)
+        attempts = env_int(env, "BUCKET_MAX_ATTEMPTS", cls.max_attempts)
         if not 1 <= attempts <= 10:
             raise SettingsError(f"BUCKET_MAX_ATTEMPTS={attempts}: allowed 1..10")
         return cls(
@@ -114,53 +109,3 @@ def s3_client(bucket: BucketSettings):
         region_name=bucket.region,
         config=config,
     )
-
-
-@dataclass(frozen=True)
-class Settings:
-    model: str = DEFAULT_MODEL
-    device: str | None = None
-    placement: str = "auto"
-    output_dir: Path = Path("outputs")
-    base64_max_mb: float = 7.0
-    video_crf: int = 18
-    bucket: BucketSettings | None = None
-    url_policy: UrlPolicy = UrlPolicy()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
-        crf = _int(env, "WAN_VIDEO_CRF", cls.video_crf)
-        if not 0 <= crf <= 51:
-            raise SettingsError(f"WAN_VIDEO_CRF={crf}: allowed 0..51")
-        return cls(
-            model=env.get("WAN_MODEL") or DEFAULT_MODEL,
-            device=env.get("WAN_DEVICE") or None,
-            placement=env.get("WAN_PLACEMENT", "auto"),
-            output_dir=Path(env.get("WAN_OUTPUT_DIR") or "outputs"),
-            base64_max_mb=_float(env, "WAN_BASE64_MAX_MB", cls.base64_max_mb),
-            video_crf=crf,
-            bucket=BucketSettings.from_env(env),
-            url_policy=_url_policy(env),
-        )
-
-
-def _url_policy(env: Mapping[str, str]) -> UrlPolicy:
-    try:
-        return UrlPolicy.from_allow_list(env.get("WAN_URL_ALLOW", ""))
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    try:
-        return int(env.get(name) or default)
-    except ValueError:
-        raise SettingsError(f"{name}={env.get(name)!r}: must be an integer") from None
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        return float(env.get(name) or default)
-    except ValueError:
-        raise SettingsError(f"{name}={env.get(name)!r}: must be a number") from None

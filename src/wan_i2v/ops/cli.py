@@ -17,7 +17,7 @@ from typing import get_args
 
 from .api import ApiError
 from .client import Client, JobFailed
-from .schema import JobInput
+from ..schema import JobInput
 
 log = logging.getLogger("wan_i2v")
 

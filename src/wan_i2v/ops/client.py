@@ -25,7 +25,7 @@ import requests
 
 from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiError, ApiSession, job_id_of
 from .management import Health, Management
-from .settings import BucketSettings, s3_client
+from ..bucket import BucketSettings, s3_client
 
 log = logging.getLogger(__name__)
 
