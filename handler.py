@@ -12,10 +12,10 @@ import sys
 # The SDK's default DEBUG level logs whole jobs: base64 images and a job's s3Config secret.
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
-import runpod  # noqa: E402
+import runpod
 
-from wan_i2v.errors import ModelNotFoundError, SettingsError  # noqa: E402
-from wan_i2v.worker.job import build_worker  # noqa: E402
+from wan_i2v.errors import ModelNotFoundError, SettingsError
+from wan_i2v.worker.job import build_worker
 
 logging.basicConfig(
     level=os.environ.get("WAN_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -90,7 +90,7 @@ def http_server():
     hits: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's naming)
+        def do_GET(self):
             hits.append(self.path)
             route = routes.get(self.path.split("?")[0])
             if route is None:
@@ -169,7 +169,7 @@ def serve_proxy(upstream: str, before, after):
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        do_GET = do_PUT = do_POST = do_PATCH = do_HEAD = do_DELETE = _any  # noqa: N815
+        do_GET = do_PUT = do_POST = do_PATCH = do_HEAD = do_DELETE = _any
 
         def log_message(self, *args):
             pass
@@ -270,13 +270,14 @@ def endpoint_factory(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("WAN_OUTPUT_DIR", str(tmp_path / "worker-out"))
     started = []
 
-    def start(workers_max=1, idle_timeout_s=1.0):
+    def start(workers_max=1, idle_timeout_s=1.0, spawn_workers=True):
         endpoint = DevEndpoint(
             api_key=KEY,
             handler=ROOT / "handler.py",
             workers_max=workers_max,
             idle_timeout_s=idle_timeout_s,
             log_dir=tmp_path / "worker-logs",
+            spawn_workers=spawn_workers,
         ).start()
         started.append(endpoint)
         return endpoint
@@ -284,3 +285,9 @@ def endpoint_factory(tiny_model, tmp_path, monkeypatch):
     yield start
     for endpoint in started:
         endpoint.close()
+
+
+@pytest.fixture
+def idle_endpoint(endpoint_factory):
+    """A local endpoint that never starts a worker: jobs stay queued, nothing costs a cold start."""
+    return endpoint_factory(spawn_workers=False)

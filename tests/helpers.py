@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("fetch_image", "text_encode", "condition_encode", "denoise", "vae_decode", "encode_mp4", "upload")
 
 
 def picture(width: int = 208, height: int = 120, mode: str = "RGB") -> Image.Image:
@@ -156,6 +157,25 @@ SHAPE = {"sample_steps": 15, "frame_num": 17}  # the cheapest job shape the sche
 JOB = {"image": IMAGE, "prompt": "a sunset over a field", **SHAPE}
 UNGUIDED = {"guidance_scale": 1.0, "guidance_scale_2": 1.0}  # one forward per step instead of two
 CHEAP = {**JOB, **UNGUIDED}
+
+
+# A finished job's output as a worker with a bucket returns it (the shape JobOutput documents).
+OUTPUT = {
+    "video_url": "https://bucket.example/v.mp4?X-Amz-Signature=x",
+    "video_url_expires_at": "2026-11-24T10:00:00+00:00",
+    "generation_time": 12.5,
+    "video_size_mb": 1.2,
+    "resolution": "480p",
+    "sample_steps": 15,
+    "frame_num": 17,
+    "width": 832,
+    "height": 480,
+    "fps": 16,
+    "seed": 1,
+    "model": "tiny",
+    "storage": "s3",
+    "timings": {**dict.fromkeys(PHASES, 1.0), "total": 12.5},
+}
 
 
 def local_file(url: str) -> Path:

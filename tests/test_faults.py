@@ -1,5 +1,9 @@
-"""Faults injected into a real job on the tiny model: the job ends with a clear error, nothing is left
-half-written, no URL points at an object that is not there, and the worker serves the next job."""
+"""Faults injected into real jobs on the tiny model: the job ends with a clear error, nothing is left
+half-written, no URL points at an object that is not there, and the worker serves the next job.
+
+Each fault is tested where it happens (the upload, the encoder) in test_storage.py and test_video.py;
+here a whole job meets it once, for what only the job boundary can show. Two more whole-job variants
+(a bucket that recovers, a full disk while encoding) run in the load tier."""
 
 import gc
 import tempfile
@@ -10,19 +14,14 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from helpers import bucket_keys, data_uri, encode, free_port, picture
+from helpers import CHEAP, bucket_keys, encode, picture
 
-from wan_i2v.worker import job as worker_module
-from wan_i2v.errors import StorageError
-from wan_i2v.worker.netguard import UrlPolicy
 from wan_i2v.bucket import BucketSettings
-from wan_i2v.worker.settings import Settings
-from wan_i2v.worker.storage import save_local, upload_s3
-from wan_i2v.worker.video import encode_mp4, probe_mp4
+from wan_i2v.worker import job as job_module
 from wan_i2v.worker.job import Worker
-
-JOB = {"image": data_uri(encode(picture(), "PNG")), "prompt": "a kite", "sample_steps": 15, "frame_num": 17}
-CHEAP = {**JOB, "guidance_scale": 1.0, "guidance_scale_2": 1.0}
+from wan_i2v.worker.netguard import UrlPolicy
+from wan_i2v.worker.settings import Settings
+from wan_i2v.worker.video import encode_mp4, probe_mp4
 
 
 @pytest.fixture
@@ -43,82 +42,28 @@ def bucket(env: dict, endpoint: str, **extra) -> BucketSettings:
     return BucketSettings.from_env({**env, "BUCKET_ENDPOINT_URL": endpoint, **extra})
 
 
-def test_bucket_answering_500_is_retried_with_backoff_then_succeeds(engine, tmp_path, temp_root, bucket_env, faulty_s3):
-    faulty_s3.fail_next = 2
-    target = bucket(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="3")
-    result = make_worker(engine, tmp_path, bucket=target).handle({"id": "flaky", "input": CHEAP})
-    assert "error" not in result, result
-    puts = [r for r in faulty_s3.requests if r[0] == "PUT"]
-    assert len(puts) == 3, "the upload was not retried twice"
-    assert puts[2][2] - puts[0][2] > 0.01, "no backoff between attempts"
-    video = tmp_path / "got.mp4"
-    video.write_bytes(requests.get(result["video_url"], timeout=30).content)
-    assert probe_mp4(video)["frames"] == 17
-
-
-def test_bucket_that_keeps_failing_gives_a_clear_error_and_no_url(engine, tmp_path, temp_root, bucket_env, faulty_s3):
+def test_a_bucket_that_keeps_failing_fails_the_job_cleanly_and_the_worker_goes_on(
+    engine, tmp_path, temp_root, bucket_env, faulty_s3
+):
     faulty_s3.fail_next = 10**6
-    target = bucket(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="3")
-    result = make_worker(engine, tmp_path, bucket=target).handle({"id": "down", "input": CHEAP})
-    assert set(result) == {"error"}, result
-    assert result["error"] == (
-        f"upload to bucket '{bucket_env['BUCKET_NAME']}' at {faulty_s3.url} failed after 3 attempts: InternalError"
-    )
+    failing = bucket(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="3")
+    result = make_worker(engine, tmp_path, bucket=failing).handle({"id": "down", "input": CHEAP})
+    assert result == {
+        "error": f"upload to bucket '{bucket_env['BUCKET_NAME']}' at {faulty_s3.url} failed after 3 attempts: "
+        "InternalError"
+    }
     assert len([r for r in faulty_s3.requests if r[0] == "PUT"]) == 3
     assert bucket_keys(bucket_env) == [], "an object was left in the bucket"
-    assert bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in result["error"]
-
-
-def test_slow_bucket_times_out_retries_and_gives_a_clear_error(bucket_env, faulty_s3, tmp_path):
-    faulty_s3.stall_s = 2.0
-    video = tmp_path / "v.mp4"
-    video.write_bytes(b"\0" * 1000)
-    target = bucket(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="2", BUCKET_TIMEOUT_S="0.5")
-    started = time.monotonic()
-    with pytest.raises(StorageError, match=r"failed after 2 attempts: no answer within 0.5 s$"):
-        upload_s3(video, target, "slow.mp4")
-    assert time.monotonic() - started < 10
-    assert len(faulty_s3.requests) == 2
-
-
-def test_unreachable_bucket_fails_the_job_cleanly_and_the_worker_goes_on(engine, tmp_path, temp_root, bucket_env):
-    closed = f"http://127.0.0.1:{free_port()}"
-    down = make_worker(engine, tmp_path, bucket=bucket(bucket_env, closed, BUCKET_MAX_ATTEMPTS="2"))
-    result = down.handle({"id": "nobucket", "input": CHEAP})
-    assert result == {
-        "error": f"upload to bucket '{bucket_env['BUCKET_NAME']}' at {closed} failed after 2 attempts: "
-        "could not connect"
-    }
-    up = make_worker(engine, tmp_path, bucket=bucket(bucket_env, bucket_env["BUCKET_ENDPOINT_URL"]))
-    assert "video_url" in up.handle({"id": "next", "input": CHEAP})
-
-
-def test_disk_full_while_encoding(engine, tmp_path, temp_root, monkeypatch):
-    def encode_onto_a_full_disk(frames, path, *args, **kwargs):
-        Path(path).symlink_to("/dev/full")  # every write to the output fails with ENOSPC
-        return encode_mp4(frames, path, *args, **kwargs)
-
-    monkeypatch.setattr(worker_module, "encode_mp4", encode_onto_a_full_disk)
-    result = make_worker(engine, tmp_path).handle({"id": "full", "input": CHEAP})
-    assert result == {
-        "error": "encoding the MP4 failed: no space left on the worker's disk",
-        "refresh_worker": True,
-    }
     assert not (tmp_path / "out").exists()
 
-
-def test_disk_full_while_saving_leaves_no_partial_file(tmp_path):
-    video = tmp_path / "v.mp4"
-    video.write_bytes(b"\0" * 100_000)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "clip.mp4.partial").symlink_to("/dev/full")
-    with pytest.raises(StorageError, match=f"could not write the video to {out}: No space left on device"):
-        save_local(video, out, "clip.mp4")
-    assert list(out.iterdir()) == []
+    up = make_worker(engine, tmp_path, bucket=bucket(bucket_env, bucket_env["BUCKET_ENDPOINT_URL"]))
+    result = up.handle({"id": "next", "input": CHEAP})
+    video = tmp_path / "got.mp4"
+    video.write_bytes(requests.get(result["video_url"], timeout=30).content)
+    assert probe_mp4(video)["frames"] == 17 and len(bucket_keys(bucket_env)) == 1
 
 
-def test_encoder_failure_is_a_clear_error(engine, tmp_path, temp_root, monkeypatch):
+def test_encoder_failure_is_a_clear_error_and_the_next_job_works(engine, tmp_path, temp_root, monkeypatch):
     broken = tmp_path / "ffmpeg"
     broken.write_text("#!/bin/sh\necho 'Segmentation fault (core dumped)' >&2\nexit 139\n")
     broken.chmod(0o755)
@@ -126,9 +71,7 @@ def test_encoder_failure_is_a_clear_error(engine, tmp_path, temp_root, monkeypat
     worker = make_worker(engine, tmp_path)
     result = worker.handle({"id": "enc", "input": CHEAP})
     assert result == {"error": "encoding the MP4 failed: Segmentation fault (core dumped)", "refresh_worker": True}
-    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "missing-ffmpeg"))
-    result = worker.handle({"id": "enc2", "input": CHEAP})
-    assert result["error"].startswith("encoding the MP4 failed: could not start ffmpeg (No such file")
+    assert not (tmp_path / "out").exists()
     monkeypatch.delenv("IMAGEIO_FFMPEG_EXE")
     assert "video_url" in worker.handle({"id": "after", "input": CHEAP})
 
@@ -168,3 +111,32 @@ def test_progress_that_cannot_be_sent_never_fails_the_job(engine, tmp_path, temp
 
     worker = Worker(engine, Settings(model="tiny", output_dir=tmp_path / "out"), progress=unreachable)
     assert "video_url" in worker.handle({"id": "p", "input": CHEAP})
+
+
+@pytest.mark.load
+def test_bucket_answering_500_is_retried_with_backoff_then_succeeds(engine, tmp_path, temp_root, bucket_env, faulty_s3):
+    faulty_s3.fail_next = 2
+    target = bucket(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="3")
+    result = make_worker(engine, tmp_path, bucket=target).handle({"id": "flaky", "input": CHEAP})
+    assert "error" not in result, result
+    puts = [r for r in faulty_s3.requests if r[0] == "PUT"]
+    assert len(puts) == 3, "the upload was not retried twice"
+    assert puts[2][2] - puts[0][2] > 0.01, "no backoff between attempts"
+    video = tmp_path / "got.mp4"
+    video.write_bytes(requests.get(result["video_url"], timeout=30).content)
+    assert probe_mp4(video)["frames"] == 17
+
+
+@pytest.mark.load
+def test_disk_full_while_encoding(engine, tmp_path, temp_root, monkeypatch):
+    def encode_onto_a_full_disk(frames, path, *args, **kwargs):
+        Path(path).symlink_to("/dev/full")  # every write to the output fails with ENOSPC
+        return encode_mp4(frames, path, *args, **kwargs)
+
+    monkeypatch.setattr(job_module, "encode_mp4", encode_onto_a_full_disk)
+    result = make_worker(engine, tmp_path).handle({"id": "full", "input": CHEAP})
+    assert result == {
+        "error": "encoding the MP4 failed: no space left on the worker's disk",
+        "refresh_worker": True,
+    }
+    assert not (tmp_path / "out").exists()

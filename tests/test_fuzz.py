@@ -1,27 +1,24 @@
 """Arbitrary JSON thrown at the worker's handler (hypothesis): every job ends as a video or a clear
-error; no exception escapes, no internal error, and the worker serves a good job afterwards."""
+error; no exception escapes, no internal error, and the worker serves a good job afterwards.
+
+Two hypothesis profiles: the default tier runs a few dozen examples of each (most arbitrary inputs
+fail validation in milliseconds; about half of the hostile edits are valid jobs of 8 s each), the
+load tier the full 400 and 25 (`pytest -m load`)."""
 
 import tempfile
 
 import pytest
-from helpers import data_uri, encode, picture
+from helpers import SHAPE, UNGUIDED, data_uri, encode, picture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wan_i2v.worker import netguard
-from wan_i2v.worker.netguard import UrlPolicy
 from wan_i2v.schema import JobInput
-from wan_i2v.worker.settings import Settings
+from wan_i2v.worker import netguard
 from wan_i2v.worker.job import Worker
+from wan_i2v.worker.netguard import UrlPolicy
+from wan_i2v.worker.settings import Settings
 
-GOOD = {
-    "image": data_uri(encode(picture(64, 48), "PNG")),
-    "prompt": "a boat",
-    "sample_steps": 15,
-    "frame_num": 17,
-    "guidance_scale": 1.0,
-    "guidance_scale_2": 1.0,
-}
+GOOD = {"image": data_uri(encode(picture(64, 48), "PNG")), "prompt": "a boat", **SHAPE, **UNGUIDED}
 FIELDS = sorted(JobInput.model_fields)
 
 json_values = st.recursive(
@@ -101,22 +98,39 @@ def check(worker, job, tmp_root):
     assert list(tmp.iterdir()) == [], "temporary files were left behind"
 
 
-def fuzz(examples: int):
+# (any JSON examples, hostile-edit examples) per tier.
+settings.register_profile("default-tier", max_examples=40)
+settings.register_profile("load-tier", max_examples=400)
+EDIT_EXAMPLES = {"default-tier": 4, "load-tier": 25}
+
+
+def fuzz(profile: str, examples: int | None = None):
     return settings(
-        max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+        settings.get_profile(profile),
+        **({"max_examples": examples} if examples else {}),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
 
-@fuzz(400)
-@given(job=jobs(json_values))
-def test_any_json_input_ends_as_a_clear_error(fuzz_worker, job, tmp_path_factory):
+def any_json(fuzz_worker, job, tmp_path_factory):
     check(fuzz_worker, job, tmp_path_factory.getbasetemp())
 
 
-@fuzz(25)  # about half of these are valid jobs that generate a video (seconds each)
-@given(job=jobs(mutated_inputs))
-def test_a_good_job_with_hostile_changes_ends_as_a_video_or_a_clear_error(fuzz_worker, job, tmp_path_factory):
+def hostile_edit(fuzz_worker, job, tmp_path_factory):
     check(fuzz_worker, job, tmp_path_factory.getbasetemp())
+
+
+test_any_json_input_ends_as_a_clear_error = fuzz("default-tier")(given(job=jobs(json_values))(any_json))
+test_a_good_job_with_hostile_changes_ends_as_a_video_or_a_clear_error = fuzz(
+    "default-tier", EDIT_EXAMPLES["default-tier"]
+)(given(job=jobs(mutated_inputs))(hostile_edit))
+test_400_arbitrary_inputs_end_as_clear_errors = pytest.mark.load(
+    fuzz("load-tier")(given(job=jobs(json_values))(any_json))
+)
+test_25_hostile_edits_of_a_good_job_end_as_a_video_or_a_clear_error = pytest.mark.load(
+    fuzz("load-tier", EDIT_EXAMPLES["load-tier"])(given(job=jobs(mutated_inputs))(hostile_edit))
+)
 
 
 def test_the_worker_still_serves_a_good_job_after_fuzzing(fuzz_worker):

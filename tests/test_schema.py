@@ -2,9 +2,19 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import OUTPUT
 
 from wan_i2v.errors import InputError
-from wan_i2v.schema import WAN_NEGATIVE_PROMPT, JobInput, markdown_table, parse_job_input
+from wan_i2v.schema import (
+    WAN_NEGATIVE_PROMPT,
+    JobInput,
+    JobOutput,
+    Phase,
+    markdown_table,
+    output_markdown_table,
+    parse_job_input,
+    progress_event,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"image": "https://example.com/a.png"}
@@ -100,3 +110,31 @@ def test_readme_input_table_is_the_generated_one():
 
 def test_schema_fields_all_have_descriptions():
     assert all(info.description for info in JobInput.model_fields.values())
+
+
+def test_readme_output_table_is_the_generated_one():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert output_markdown_table() in readme, "README output table is stale: paste `python -m wan_i2v.schema`"
+    assert all(info.description for info in JobOutput.model_fields.values())
+
+
+def test_the_output_model_round_trips_and_leaves_out_what_has_no_value():
+    assert JobOutput.model_validate(OUTPUT).to_json() == OUTPUT
+    local = {k: v for k, v in OUTPUT.items() if k != "video_url_expires_at"} | {"storage": "local"}
+    assert JobOutput.model_validate(local).to_json() == local
+    newer = {**OUTPUT, "mode": "turbo", "timings": {**OUTPUT["timings"], "lora_switch": 0.5}}
+    assert JobOutput.model_validate(newer).to_json() == newer  # a newer worker's fields are kept
+    with pytest.raises(ValueError, match="storage"):
+        JobOutput.model_validate({**OUTPUT, "storage": "ftp"})
+    with pytest.raises(ValueError, match="timings.denoise"):
+        JobOutput.model_validate({**OUTPUT, "timings": {"total": 1.0}})
+
+
+def test_progress_percent_runs_from_0_to_100_through_the_phases():
+    assert progress_event(Phase.FETCH_IMAGE) == {"phase": "fetch_image", "percent": 0}
+    assert progress_event(Phase.DENOISE, step=0, total_steps=10, expert="high_noise")["percent"] == 6
+    half = progress_event(Phase.DENOISE, step=5, total_steps=10, expert="high_noise")
+    assert half == {"phase": "denoise", "step": 5, "total_steps": 10, "expert": "high_noise", "percent": 48.0}
+    assert progress_event(Phase.DENOISE, step=10, total_steps=10, expert="low_noise")["percent"] == 90
+    starts = [progress_event(phase)["percent"] for phase in Phase]
+    assert starts == sorted(starts) and starts[-1] == 98

@@ -1,17 +1,18 @@
 """Secrets stay out of logs, errors and job output: real workers in RunPod's worker mode, a real bucket,
-image URLs that carry presigned query strings, and every log line they write scanned afterwards."""
+image URLs that carry presigned query strings, a job's own `s3Config`, and every log line they write
+scanned afterwards."""
 
 import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from helpers import KEY, client_for, encode, picture
+from helpers import KEY, SHAPE, UNGUIDED, bucket_keys, client_for, encode, picture, s3_client
 
 from wan_i2v.ops.client import JobFailed
 
 IMAGE_SECRET = "image-query-signature-0f1e2d"
 JOB_S3_SECRET = "job-s3config-secret-9a8b7c"
-CHEAP = {"sample_steps": 15, "frame_num": 17, "guidance_scale": 1.0, "guidance_scale_2": 1.0}
+CHEAP = {**SHAPE, **UNGUIDED}
 
 
 def test_secrets_never_reach_logs_errors_or_outputs(
@@ -37,14 +38,25 @@ def test_secrets_never_reach_logs_errors_or_outputs(
         client.wait(missing, timeout_s=600)
     answers.append(client.status(missing))
 
+    # A job's top-level s3Config (RunPod's form) wins over the worker's own bucket.
+    job_bucket = "wan-secrets-job-s3config"
+    s3_client(s3_endpoint).create_bucket(Bucket=job_bucket)
     s3_config = {
         "accessId": "job-access-id",
         "accessSecret": JOB_S3_SECRET,
-        "bucketName": "no-such-bucket",
+        "bucketName": job_bucket,
         "endpointUrl": s3_endpoint,
     }
     body = {"input": {**CHEAP, "image": http_server.url + "/in.png", "prompt": "y"}, "s3Config": s3_config}
-    wrong_bucket = client.api.request("POST", f"{client.url}/run", body)["id"]
+    own_bucket = client.api.request("POST", f"{client.url}/run", body)["id"]
+    assert client.wait(own_bucket, timeout_s=600)["storage"] == "s3"
+    answers.append(client.status(own_bucket))
+    landed = bucket_keys({"BUCKET_ENDPOINT_URL": s3_endpoint, "BUCKET_NAME": job_bucket})
+    assert len(landed) == 1 and landed[0].startswith("wan-i2v/") and landed[0].endswith(".mp4")
+    assert len(bucket_keys(bucket_env)) == 1, "the s3Config job's video went to the worker's own bucket"
+
+    wrong = {**body, "s3Config": {**s3_config, "bucketName": "no-such-bucket"}}
+    wrong_bucket = client.api.request("POST", f"{client.url}/run", wrong)["id"]
     with pytest.raises(JobFailed, match="NoSuchBucket"):
         client.wait(wrong_bucket, timeout_s=600)
     answers.append(client.status(wrong_bucket))

@@ -1,15 +1,15 @@
 import base64
 import re
+import time
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from helpers import s3_client
+from helpers import bucket_keys, free_port, s3_client
 
-from wan_i2v.errors import StorageError
 from wan_i2v.bucket import BucketSettings
-from wan_i2v.errors import SettingsError
+from wan_i2v.errors import SettingsError, StorageError
 from wan_i2v.worker.settings import Settings
 from wan_i2v.worker.storage import inline_data_uri, local_name, object_key, save_local, upload_s3
 
@@ -72,19 +72,6 @@ def test_missing_bucket_gives_a_clear_error_without_secrets(bucket_env, mp4):
     assert "test-secret-key-do-not-log" not in str(caught.value)
 
 
-def test_unreachable_bucket_gives_a_clear_error(mp4):
-    from helpers import free_port
-
-    env = {
-        "BUCKET_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "BUCKET_ACCESS_KEY_ID": "a",
-        "BUCKET_SECRET_ACCESS_KEY": "b",
-        "BUCKET_NAME": "videos",
-    }
-    with pytest.raises(StorageError, match=r"^upload to bucket 'videos' at http://127.0.0.1:\d+ failed"):
-        upload_s3(mp4, BucketSettings.from_env(env), "x.mp4")
-
-
 def test_bucket_settings_need_all_four_variables():
     assert BucketSettings.from_env({}) is None
     with pytest.raises(SettingsError, match="BUCKET_SECRET_ACCESS_KEY, BUCKET_NAME not set"):
@@ -138,3 +125,55 @@ def test_inline_result_and_its_cap(mp4):
     assert base64.b64decode(stored.url.split(",", 1)[1]) == mp4.read_bytes()
     with pytest.raises(StorageError, match=r"^return_base64: the video is 0.0 MB, over the 0.001 MB inline cap"):
         inline_data_uri(mp4, max_mb=0.001)
+
+
+def bucket_at(env: dict, endpoint: str, **extra) -> BucketSettings:
+    return BucketSettings.from_env({**env, "BUCKET_ENDPOINT_URL": endpoint, **extra})
+
+
+def test_a_bucket_answering_500_is_retried_with_backoff_then_succeeds(bucket_env, faulty_s3, mp4):
+    faulty_s3.fail_next = 2
+    stored = upload_s3(mp4, bucket_at(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="3"), "flaky.mp4")
+    puts = [r for r in faulty_s3.requests if r[0] == "PUT"]
+    assert len(puts) == 3, "the upload was not retried twice"
+    assert puts[2][2] - puts[0][2] > 0.01, "no backoff between attempts"
+    assert requests.get(stored.url, timeout=30).content == mp4.read_bytes()
+
+
+def test_a_bucket_that_keeps_failing_gives_a_clear_error_and_leaves_no_object(bucket_env, faulty_s3, mp4):
+    faulty_s3.fail_next = 10**6
+    with pytest.raises(StorageError) as caught:
+        upload_s3(mp4, bucket_at(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="3"), "down.mp4")
+    assert str(caught.value) == (
+        f"upload to bucket '{bucket_env['BUCKET_NAME']}' at {faulty_s3.url} failed after 3 attempts: InternalError"
+    )
+    assert len([r for r in faulty_s3.requests if r[0] == "PUT"]) == 3
+    assert bucket_keys(bucket_env) == [] and bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in str(caught.value)
+
+
+def test_slow_bucket_times_out_retries_and_gives_a_clear_error(bucket_env, faulty_s3, mp4):
+    faulty_s3.stall_s = 2.0
+    target = bucket_at(bucket_env, faulty_s3.url, BUCKET_MAX_ATTEMPTS="2", BUCKET_TIMEOUT_S="0.5")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"failed after 2 attempts: no answer within 0.5 s$"):
+        upload_s3(mp4, target, "slow.mp4")
+    assert time.monotonic() - started < 10
+    assert len(faulty_s3.requests) == 2
+
+
+def test_an_unreachable_bucket_gives_a_clear_error_after_its_attempts(bucket_env, mp4):
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(StorageError) as caught:
+        upload_s3(mp4, bucket_at(bucket_env, closed, BUCKET_MAX_ATTEMPTS="2"), "x.mp4")
+    assert str(caught.value) == (
+        f"upload to bucket '{bucket_env['BUCKET_NAME']}' at {closed} failed after 2 attempts: could not connect"
+    )
+
+
+def test_disk_full_while_saving_leaves_no_partial_file(tmp_path, mp4):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip.mp4.partial").symlink_to("/dev/full")
+    with pytest.raises(StorageError, match=f"could not write the video to {out}: No space left on device"):
+        save_local(mp4, out, "clip.mp4")
+    assert list(out.iterdir()) == []

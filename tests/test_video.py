@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from wan_i2v.errors import EncodeError
 from wan_i2v.worker.video import encode_mp4, probe_mp4, read_frames
 
 
@@ -36,3 +37,23 @@ def test_mp4_is_faststart_and_close_to_the_input(tmp_path):
 def test_wrong_frame_array_is_refused(tmp_path):
     with pytest.raises(ValueError, match="expected"):
         encode_mp4(np.zeros((4, 16, 16), np.uint8), tmp_path / "v.mp4", 16)
+
+
+def test_a_full_disk_is_named_in_the_error(tmp_path):
+    path = tmp_path / "v.mp4"
+    path.symlink_to("/dev/full")  # every write to the output fails with ENOSPC
+    with pytest.raises(EncodeError, match=r"^encoding the MP4 failed: no space left on the worker's disk$") as caught:
+        encode_mp4(moving_frames(), path, 16)
+    assert caught.value.refresh_worker is True
+
+
+def test_a_crashing_or_missing_encoder_gives_its_own_message(tmp_path, monkeypatch):
+    broken = tmp_path / "ffmpeg"
+    broken.write_text("#!/bin/sh\necho 'Segmentation fault (core dumped)' >&2\nexit 139\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(broken))
+    with pytest.raises(EncodeError, match=r"^encoding the MP4 failed: Segmentation fault \(core dumped\)$"):
+        encode_mp4(moving_frames(), tmp_path / "a.mp4", 16)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "missing-ffmpeg"))
+    with pytest.raises(EncodeError, match=r"^encoding the MP4 failed: could not start ffmpeg \(No such file"):
+        encode_mp4(moving_frames(), tmp_path / "b.mp4", 16)

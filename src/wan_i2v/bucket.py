@@ -4,8 +4,8 @@ input images. RunPod's own variable names, read plainly; boto3 is imported only 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 from .env import env_float, env_int
 from .errors import SettingsError
@@ -33,7 +33,7 @@ class BucketSettings:
         return f"BucketSettings(endpoint_url={self.endpoint_url!r}, bucket_name={self.bucket_name!r})"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "BucketSettings | None":
+    def from_env(cls, env: Mapping[str, str]) -> BucketSettings | None:
         names = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
         present = [n for n in names if env.get(n)]
         if not present:
@@ -68,7 +68,7 @@ class BucketSettings:
         )
 
     @classmethod
-    def for_job(cls, s3_config: Mapping[str, str], base: "BucketSettings | None") -> "BucketSettings":
+    def for_job(cls, s3_config: Mapping[str, str], base: BucketSettings | None) -> BucketSettings:
         """The bucket named by a job's top-level `s3Config` {accessId, accessSecret, bucketName, endpointUrl}.
 
         Region, prefix and URL expiry come from the configured bucket, if any.

@@ -1,12 +1,15 @@
-"""The job input: every field, its limits and its default, in one place.
+"""The job contract, in one place: what a job takes (`JobInput`), what it returns (`JobOutput`) and
+how it reports progress while it runs (`Phase`, `progress_event`).
 
-Validation, the README's input table (`python -m wan_i2v.schema`) and the error messages all
-come from `JobInput`, so they cannot drift apart.
+Validation, the README's input and output tables (`python -m wan_i2v.schema`), the error messages and
+the `wan-i2v` command's flags all come from these models, so they cannot drift apart. The worker
+builds its answer as a `JobOutput`; the client and the batch index read answers through it.
 """
 
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -94,6 +97,110 @@ class JobInput(BaseModel):
 FIELD_NAMES = tuple(JobInput.model_fields)
 
 
+class Phase(str, Enum):
+    """The phases of a job, in order; the keys of `timings` and the `phase` of progress events."""
+
+    FETCH_IMAGE = "fetch_image"
+    TEXT_ENCODE = "text_encode"
+    CONDITION_ENCODE = "condition_encode"
+    DENOISE = "denoise"
+    VAE_DECODE = "vae_decode"
+    ENCODE_MP4 = "encode_mp4"
+    UPLOAD = "upload"
+
+
+# Share of the whole job (percent) at which each phase ends, for the progress percentage.
+PHASE_END_PERCENT = {
+    Phase.FETCH_IMAGE: 2,
+    Phase.TEXT_ENCODE: 4,
+    Phase.CONDITION_ENCODE: 6,
+    Phase.DENOISE: 90,
+    Phase.VAE_DECODE: 96,
+    Phase.ENCODE_MP4: 98,
+    Phase.UPLOAD: 100,
+}
+
+
+def progress_event(phase: Phase, **detail: Any) -> dict:
+    """A progress event as /status shows it while the job runs: {"phase", "percent", ...detail}.
+
+    Denoise events carry `step`, `total_steps` and `expert`; their percent moves with the step.
+    """
+    phases = list(Phase)
+    start = PHASE_END_PERCENT[phases[phases.index(phase) - 1]] if phase is not phases[0] else 0
+    percent = start
+    if phase is Phase.DENOISE and detail.get("total_steps"):
+        percent = start + (PHASE_END_PERCENT[phase] - start) * detail["step"] / detail["total_steps"]
+    return {"phase": phase.value, **detail, "percent": round(percent, 1)}
+
+
+class Timings(BaseModel):
+    """Seconds spent in each phase of the job, and in all."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    fetch_image: float
+    text_encode: float
+    condition_encode: float
+    denoise: float
+    vae_decode: float
+    encode_mp4: float
+    upload: float
+    total: float
+
+
+class JobOutput(BaseModel):
+    """What a finished job returns as its `output`.
+
+    `extra="allow"`: a client reading a newer worker's answer keeps the fields it does not know.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    video_url: str = Field(
+        description="The MP4: a presigned (or `BUCKET_PUBLIC_URL`) https URL in the bucket, a `file://` URL "
+        "on the worker when no bucket is set, or a `data:video/mp4;base64,` URI with `return_base64`."
+    )
+    video_url_expires_at: str | None = Field(
+        None, description="When a presigned `video_url` stops working (ISO 8601, UTC); absent otherwise."
+    )
+    generation_time: float = Field(description="Seconds the whole job took on the worker (same as `timings.total`).")
+    video_size_mb: float = Field(description="Size of the MP4 in MiB.")
+    resolution: Literal["480p", "720p"] = Field(description="The job's `resolution`.")
+    sample_steps: int = Field(description="The job's `sample_steps`.")
+    frame_num: int = Field(description="Frames in the video.")
+    width: int = Field(description="Video width in pixels (the image's aspect ratio at the resolution's area).")
+    height: int = Field(description="Video height in pixels.")
+    fps: int = Field(description="Playback rate of the MP4.")
+    seed: int = Field(description="The seed used; send it back to get the same video again.")
+    model: str = Field(description="The model the worker loaded (`WAN_MODEL`).")
+    storage: Literal["s3", "local", "inline"] = Field(
+        description="Where `video_url` points: the bucket, the worker's disk, or inline."
+    )
+    timings: Timings = Field(
+        description="Seconds per phase: " + ", ".join(f"`{p.value}`" for p in Phase) + ", and `total`."
+    )
+
+    def to_json(self) -> dict:
+        """The output as the job returns it (fields without a value are left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def output_markdown_table() -> str:
+    """The README's output table, generated from `JobOutput`."""
+    lines = ["| field | type | description |", "|---|---|---|"]
+    for name, info in JobOutput.model_fields.items():
+        annotation = info.annotation
+        if get_origin(annotation) is Literal:
+            kind = " or ".join(f'`"{v}"`' for v in get_args(annotation))
+        elif annotation == str | None:
+            kind = "string or absent"
+        else:
+            kind = {str: "string", int: "integer", float: "number", Timings: "object"}[annotation]
+        lines.append(f"| `{name}` | {kind} | {info.description} |")
+    return "\n".join(lines)
+
+
 def allowed_values(name: str) -> str:
     """Describe what a field accepts, from its annotation and constraints."""
     info = JobInput.model_fields[name]
@@ -157,7 +264,7 @@ def _default_text(name: str) -> str:
 
 
 def markdown_table() -> str:
-    """The README's input table, generated from the schema."""
+    """The README's input table, generated from `JobInput`."""
     lines = ["| field | default | allowed | description |", "|---|---|---|---|"]
     for name, info in JobInput.model_fields.items():
         lines.append(f"| `{name}` | {_default_text(name)} | {allowed_values(name)} | {info.description} |")
@@ -165,4 +272,4 @@ def markdown_table() -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table() + "\n")
+    sys.stdout.write(f"Inputs:\n\n{markdown_table()}\n\nOutputs:\n\n{output_markdown_table()}\n")

@@ -11,13 +11,12 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import get_args
 
+from ..schema import JobInput, Phase
 from .api import ApiError
 from .client import Client, JobFailed
-from ..schema import JobInput
 
 log = logging.getLogger("wan_i2v")
 
@@ -65,6 +64,21 @@ def _progress_bar(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="job" if desc == "batch" else "%")
 
 
+def _progress_event(answer: dict) -> dict | None:
+    """The progress event ({"phase", "percent", ...}, see `schema.progress_event`) of a running job's answer."""
+    event = answer.get("output") if answer.get("status") == "IN_PROGRESS" else None
+    if not isinstance(event, dict) or not isinstance(event.get("phase"), str):
+        return None
+    return event if isinstance(event.get("percent"), (int, float)) else None
+
+
+def _phase_text(event: dict) -> str:
+    """`denoise 7/15` while denoising, the phase's name otherwise."""
+    if event["phase"] == Phase.DENOISE.value and event.get("total_steps"):
+        return f"{event['phase']} {event.get('step')}/{event['total_steps']}"
+    return event["phase"]
+
+
 def cmd_generate(args) -> int:
     client = _client(args)
     job = {"image": args.image, **_job_fields(args)}
@@ -76,15 +90,16 @@ def cmd_generate(args) -> int:
     last = {"phase": None}
 
     def show(answer: dict) -> None:
-        progress = answer.get("output") if answer.get("status") == "IN_PROGRESS" else None
-        if isinstance(progress, dict) and "percent" in progress:
-            if bar is not None:
-                bar.n = progress["percent"]
-                bar.set_postfix_str(progress.get("phase", ""))
-                bar.refresh()
-            elif progress.get("phase") != last["phase"]:
-                log.info("job %s: %s (%s%%)", answer.get("id"), progress.get("phase"), progress["percent"])
-                last["phase"] = progress.get("phase")
+        event = _progress_event(answer)
+        if event is None:
+            return
+        if bar is not None:
+            bar.n = event["percent"]
+            bar.set_postfix_str(_phase_text(event))
+            bar.refresh()
+        elif event["phase"] != last["phase"]:
+            log.info("job %s: %s (%s%%)", answer.get("id"), event["phase"], event["percent"])
+            last["phase"] = event["phase"]
 
     try:
         output = client.generate(job, download_dir=args.download, timeout_s=args.timeout, on_status=show)
@@ -94,7 +109,8 @@ def cmd_generate(args) -> int:
     _print(
         args,
         output,
-        f"{output['id']} done in {output.get('generation_time')} s: {output.get('video_path') or output.get('video_url')}",
+        f"{output['id']} done in {output.get('generation_time')} s: "
+        f"{output.get('video_path') or output.get('video_url')}",
     )
     return 0
 
@@ -140,63 +156,34 @@ def cmd_workers(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    from .batch import DEFAULT_PRICE_PER_GPU_S, BatchRunner, list_images, plan_jobs, print_plan, read_prompts
-    from .ledger import Ledger
+    from . import batch as bulk
 
-    price = args.price_per_second if args.price_per_second is not None else DEFAULT_PRICE_PER_GPU_S
+    price = args.price_per_second if args.price_per_second is not None else bulk.DEFAULT_PRICE_PER_GPU_S
     download_dir = Path(args.download).resolve() if args.download else None
     ledger_path = Path(args.ledger) if args.ledger else (download_dir or Path.cwd()) / "wan-i2v-batch.sqlite"
-    if args.resume:
-        if not ledger_path.exists():
-            raise SystemExit(f"wan-i2v batch --resume: no ledger at {ledger_path}")
-        ledger = Ledger(ledger_path)
-        settings = ledger.settings() or {}
-        download_dir = download_dir or (Path(settings["download"]) if settings.get("download") else None)
-    else:
-        if not args.prompts or not args.images_dir:
-            raise SystemExit("wan-i2v batch: give PROMPTS_FILE and --images-dir (or --resume)")
-        jobs = plan_jobs(
-            list_images(Path(args.images_dir)), read_prompts(Path(args.prompts)), args.one_to_one, _job_fields(args)
-        )
-        if args.dry_run:
-            measured = []
-            if ledger_path.exists():
-                done = Ledger(ledger_path).rows(("completed",))
-                measured = [(r.fields, r.generation_time) for r in done if r.generation_time]
-            print_plan(jobs, measured, price)
+    try:
+        jobs = None if args.resume else _batch_jobs(args)
+        if jobs is not None and args.dry_run:
+            bulk.dry_run(jobs, ledger_path, price)
             return 0
-        if ledger_path.exists() and Ledger(ledger_path).rows():
-            raise SystemExit(f"wan-i2v batch: {ledger_path} already holds a batch; --resume it or pass --ledger NEW")
-        ledger = Ledger(ledger_path)
-        ledger.plan(jobs, {"download": str(download_dir) if download_dir else None})
-
-    counts = ledger.counts()
-    total = sum(counts.values())
-    bar = _progress_bar(total, counts["completed"] + counts["failed"] + counts["cancelled"], "batch")
-
-    def on_change(row, state):
-        if bar is not None and state in ("completed", "failed", "cancelled"):
-            bar.update(1)
-        elif bar is None and state != "submitting":
-            log.info("job %d/%d %s%s", row.position + 1, total, state, f" ({row.job_id})" if row.job_id else "")
-
-    runner = BatchRunner(
-        client=_client(args),
-        ledger=ledger,
-        download_dir=download_dir,
+        client = _client(args)  # before the ledger is written: a missing key leaves no half-started batch
+        if jobs is None:
+            batch = bulk.Batch.resume(ledger_path, download_dir)
+        else:
+            batch = bulk.Batch.plan_new(ledger_path, jobs, download_dir)
+    except bulk.BatchError as exc:
+        print(f"wan-i2v batch: {exc}", file=sys.stderr)
+        return 2
+    options = bulk.RunOptions(
         manage_workers=not args.no_manage_workers,
         max_in_flight=args.max_in_flight,
         retries=args.retries,
         poll_s=args.poll,
-        price_per_gpu_s=price,
-        on_change=on_change,
     )
-    try:
-        counts = runner.run()
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds, dollars = runner.cost()
+    with batch:
+        counts = _run_batch(batch, client, options)
+        seconds, dollars = batch.cost(price)
+        download_dir = batch.download_dir
     summary = {
         "counts": counts,
         "gpu_seconds": round(seconds, 1),
@@ -214,8 +201,36 @@ def cmd_batch(args) -> int:
     return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else 1
 
 
+def _batch_jobs(args) -> list:
+    from . import batch as bulk
+
+    if not args.prompts or not args.images_dir:
+        raise bulk.BatchError("give PROMPTS_FILE and --images-dir (or --resume)")
+    images, prompts = bulk.list_images(Path(args.images_dir)), bulk.read_prompts(Path(args.prompts))
+    return bulk.plan_jobs(images, prompts, args.one_to_one, _job_fields(args))
+
+
+def _run_batch(batch, client: Client, options) -> dict[str, int]:
+    """Run the batch with a progress bar on a terminal, a log line per job move otherwise."""
+    counts = batch.counts()
+    total = sum(counts.values())
+    bar = _progress_bar(total, counts["completed"] + counts["failed"] + counts["cancelled"], "batch")
+
+    def on_change(row, state):
+        if bar is not None and state in ("completed", "failed", "cancelled"):
+            bar.update(1)
+        elif bar is None and state != "submitting":
+            log.info("job %d/%d %s%s", row.position + 1, total, state, f" ({row.job_id})" if row.job_id else "")
+
+    try:
+        return batch.run(client, options, on_change)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def cmd_dev_endpoint(args) -> int:
-    from .devserver import DevEndpoint
+    from .devserver import DevEndpoint, serve_until_signalled
 
     endpoint = DevEndpoint(
         api_key=args.api_key or "",
@@ -228,13 +243,7 @@ def cmd_dev_endpoint(args) -> int:
         log_dir=Path(args.log_dir) if args.log_dir else None,
     ).start()
     print(f"dev endpoint: RUNPOD_ENDPOINT_BASE_URL={endpoint.url}/v2 RUNPOD_ENDPOINT_ID={args.endpoint_id}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        endpoint.close()
+    serve_until_signalled(endpoint)  # SIGINT, SIGTERM or SIGHUP: stops the workers too
     return 0
 
 

@@ -3,7 +3,8 @@
     client = Client.from_env()                      # RUNPOD_API_KEY, RUNPOD_ENDPOINT_ID
     output = client.generate({"image": "cat.jpg", "prompt": "the cat blinks"}, download_dir="videos")
 
-No torch, no diffusers: an operator's laptop needs only `pip install wan-i2v`.
+No torch, no diffusers: an operator's laptop needs only `pip install wan-i2v`. A finished job's output
+is read through the schema's `JobOutput`, so an answer this client cannot read fails here, by name.
 """
 
 from __future__ import annotations
@@ -11,23 +12,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import mimetypes
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import requests
+from pydantic import ValidationError
 
+from ..bucket import BucketSettings, s3_client
+from ..files import written_whole
+from ..schema import JobOutput
 from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiError, ApiSession, job_id_of
 from .management import Health, Management
-from ..bucket import BucketSettings, s3_client
-
-log = logging.getLogger(__name__)
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 RUN_LIMIT_BYTES = 10 * 1000 * 1000  # RunPod's /run request limit
@@ -43,6 +46,24 @@ class JobFailed(Exception):
         super().__init__(f"job {job_id} {status}: {error}")
 
 
+class OutputError(JobFailed):
+    """A job COMPLETED with an output that is not a wan-i2v `JobOutput` (another worker image or version)."""
+
+    def __init__(self, job_id: str, problem: str):
+        super().__init__(job_id, "COMPLETED", f"its output is not a wan-i2v output: {problem}")
+
+
+def read_output(job_id: str, raw: Any) -> JobOutput:
+    """A COMPLETED job's output, typed; OutputError naming the job and every bad field otherwise."""
+    try:
+        return JobOutput.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise OutputError(job_id, problems) from None
+
+
 @dataclass
 class Client:
     endpoint_id: str
@@ -54,7 +75,7 @@ class Client:
     _uploaded: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_env(cls, env=None, **overrides) -> "Client":
+    def from_env(cls, env=None, **overrides) -> Client:
         """Settings from RUNPOD_API_KEY, RUNPOD_ENDPOINT_ID, RUNPOD_ENDPOINT_BASE_URL (the queue API,
         as RunPod's own SDK reads it), RUNPOD_MANAGEMENT_BASE_URL, and the BUCKET_* variables."""
         env = os.environ if env is None else env
@@ -136,7 +157,9 @@ class Client:
         timeout_s: float = 3600.0,
         on_status: Callable[[dict], None] | None = None,
     ) -> dict:
-        """Poll /status with backoff until the job ends. Returns its output; raises JobFailed or TimeoutError."""
+        """Poll /status with backoff until the job ends. Returns its output, checked against `JobOutput`
+        (as JSON, the form the job returned it in); raises JobFailed (OutputError for an unreadable
+        output) or TimeoutError."""
         deadline = time.monotonic() + timeout_s
         delay = min(1.0, self.poll_s)
         while True:
@@ -145,7 +168,7 @@ class Client:
                 on_status(answer)
             state = answer.get("status")
             if state == "COMPLETED":
-                return answer.get("output") or {}
+                return read_output(job_id, answer.get("output")).to_json()
             if state in TERMINAL:
                 raise JobFailed(job_id, state, answer.get("error") or answer.get("output") or state)
             if time.monotonic() + delay > deadline:
@@ -175,35 +198,33 @@ class Client:
         retries: int = 1,
         timeout_s: float = 3600.0,
         ready_timeout_s: float = 600.0,
+        max_in_flight: int | None = None,
     ) -> list[dict]:
-        """The seed's process_batch, done carefully: results in input order, each {"id", "output"} or
-        {"id", "status", "error"}. With auto_manage_workers, min workers go to 1 before and back to 0
-        after, in a `finally`, and only when nothing is queued or running."""
-        results: list[dict] = []
-        try:
-            if auto_manage_workers:
-                self.management.enable(1)
-                self.management.wait_ready(timeout_s=ready_timeout_s, poll_s=min(self.poll_s, 5.0))
-            job_ids = [self.submit(job) for job in jobs]
-            for job_id in job_ids:
-                results.append(self._wait_with_retries(job_id, retries, timeout_s))
-        finally:
-            if auto_manage_workers:
-                scaled, health = self.management.scale_down_if_idle()
-                if not scaled:
-                    log.warning("left min workers as they are: %s", health.line())
-        return results
+        """The seed's process_batch, run by the batch engine (`batch.Batch`) on a throwaway ledger.
 
-    def _wait_with_retries(self, job_id: str, retries: int, timeout_s: float) -> dict:
-        for attempt in range(retries + 1):
-            try:
-                return {"id": job_id, "output": self.wait(job_id, timeout_s=timeout_s)}
-            except JobFailed as failed:
-                if failed.status not in ("FAILED", "TIMED_OUT") or attempt == retries:
-                    return {"id": job_id, "status": failed.status, "error": failed.error}
-                log.warning("job %s %s (%s); retrying", job_id, failed.status, failed.error)
-                self.retry(job_id)
-        raise AssertionError("unreachable")
+        Results in input order, each {"id", "output"} or {"id", "status", "error"}; a FAILED or
+        TIMED_OUT job is retried `retries` times. With auto_manage_workers, min workers go to 1 before
+        and back to 0 after, in a `finally`, and only when nothing is queued or running. Every job is
+        submitted at once unless `max_in_flight`; TimeoutError when no job moves on for `timeout_s`."""
+        from .batch import Batch, RunOptions, plan_inputs  # the batch module builds on this one
+
+        if not jobs:
+            return []
+        options = RunOptions(
+            manage_workers=auto_manage_workers,
+            max_in_flight=max_in_flight or len(jobs),
+            retries=retries,
+            poll_s=self.poll_s,
+            ready_timeout_s=ready_timeout_s,
+            stall_timeout_s=timeout_s,
+        )
+        planned = plan_inputs(jobs)
+        with (
+            tempfile.TemporaryDirectory(prefix="wan-i2v-batch-") as folder,
+            Batch.plan_new(Path(folder) / "ledger.sqlite", planned) as batch,
+        ):
+            batch.run(self, options)
+            return batch.results()
 
     # ---- images ----------------------------------------------------------------------------
     def prepare_input(self, job_input: dict) -> dict:
@@ -213,6 +234,8 @@ class Client:
             value = prepared.get(name)
             if isinstance(value, (str, os.PathLike)) and _is_local_file(value):
                 prepared[name] = self._image_reference(Path(value), prepared)
+            elif isinstance(value, os.PathLike):
+                prepared[name] = os.fspath(value)  # not a file here; the worker says what is wrong with it
         return prepared
 
     def _image_reference(self, path: Path, job_input: dict) -> str:
@@ -256,8 +279,7 @@ def _is_local_file(value: str | os.PathLike) -> bool:
 def download(video_url: str, dest: Path, timeout_s: float = 120.0) -> Path:
     """Fetch a job's video (https, data: or file:) to `dest`, whole or not at all."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    try:
+    with written_whole(dest) as partial:
         if video_url.startswith("data:"):
             partial.write_bytes(base64.b64decode(video_url.split(",", 1)[1]))
         elif video_url.startswith("file://"):
@@ -266,9 +288,5 @@ def download(video_url: str, dest: Path, timeout_s: float = 120.0) -> Path:
             with requests.get(video_url, stream=True, timeout=(10, timeout_s)) as response:
                 response.raise_for_status()
                 with open(partial, "wb") as out:
-                    for chunk in response.iter_content(1024 * 1024):
-                        out.write(chunk)
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)
+                    out.writelines(response.iter_content(1024 * 1024))
     return dest

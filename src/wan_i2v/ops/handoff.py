@@ -23,9 +23,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .api import ApiError, ApiSession, job_id_of
 from .ledger import Ledger
@@ -84,9 +84,8 @@ def main() -> int:
     except ApiError as exc:
         answer, code = {"error": str(exc), "status": exc.status}, 1
     else:
-        ledger = Ledger(Path(request["ledger"]))
-        ledger.update(request["key"], state="submitted", job_id=job_id)
-        ledger.close()
+        with Ledger(Path(request["ledger"])) as ledger:
+            ledger.update(request["key"], state="submitted", job_id=job_id)
         answer, code = {"id": job_id}, 0
     try:
         os.write(sys.stdout.fileno(), json.dumps(answer).encode())

@@ -9,8 +9,8 @@ reset the fields it is not given).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiSession
 
@@ -24,7 +24,7 @@ class Health:
     workers: dict[str, int]
 
     @classmethod
-    def parse(cls, body: object) -> "Health":
+    def parse(cls, body: object) -> Health:
         """Read /health defensively: missing, unknown or malformed counts are 0."""
         body = body if isinstance(body, dict) else {}
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import ModelNotFoundError, OutOfMemoryError
+from ..schema import Phase
+from .timing import timed
 from .weights import resolve_model
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,9 @@ log = logging.getLogger(__name__)
 HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
 TEXT_TOKENS = 512  # Wan2.2 text_len
 
-# Receives progress events: {"phase": "text_encode" | "condition_encode" | "vae_decode"}, and
-# {"phase": "denoise", "step": i, "total_steps": n, "expert": "high_noise" | "low_noise"} per step.
-ProgressCallback = Callable[[dict], None]
+# Receives the phase the engine enters (text encode, condition encode, VAE decode), and for each
+# denoising step Phase.DENOISE with step=i, total_steps=n, expert="high_noise" | "low_noise".
+ProgressCallback = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class GenerationParams:
 @dataclass
 class Generated:
     frames: np.ndarray  # (num_frames, height, width, 3) uint8 RGB
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per Phase value
     experts: list[str] = field(default_factory=list)  # the expert that ran each step
 
 
@@ -64,7 +65,7 @@ def pick_placement(device: torch.device, requested: str = "auto") -> str:
     """'resident' keeps every model on the GPU; 'model_offload' moves each to the GPU only while it runs.
 
     All of Wan2.2 I2V-A14B resident takes 64.5 GiB before a job and runs out of memory at 720p on an
-    80 GB GPU (BASELINE.md), so 'auto' keeps it resident only on GPUs of at least 100 GiB.
+    80 GB GPU (measured on an H100 80GB), so 'auto' keeps it resident only on GPUs of at least 100 GiB.
     """
     if requested != "auto":
         if requested not in ("resident", "model_offload"):
@@ -80,15 +81,6 @@ def _predict(model, model_input: torch.Tensor, timestep: torch.Tensor, text_embe
     return model(hidden_states=model_input, timestep=timestep, encoder_hidden_states=text_embeds, return_dict=False)[0]
 
 
-@contextmanager
-def _timed(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = round(time.perf_counter() - start, 3)
-
-
 class Engine:
     """One loaded pipeline. Built once per worker; `generate` keeps no state between jobs."""
 
@@ -100,7 +92,7 @@ class Engine:
         self.load_seconds = load_seconds
 
     @classmethod
-    def load(cls, model: str, device: str | None = None, placement: str = "auto") -> "Engine":
+    def load(cls, model: str, device: str | None = None, placement: str = "auto") -> Engine:
         import diffusers
         import transformers
         from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
@@ -132,6 +124,10 @@ class Engine:
         seconds = time.perf_counter() - start
         log.info("loaded %s on %s (%s, %s) in %.1f s", model, target, dtype, chosen, seconds)
         return cls(pipe, target, chosen, model, seconds)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def release_memory(self) -> None:
         """Free what a failed job left: collect its tensors, return cached GPU blocks to the driver."""
@@ -166,7 +162,7 @@ class Engine:
         on_progress: ProgressCallback | None = None,
     ) -> Generated:
         try:
-            return self._generate(params, image, last_image, on_progress or (lambda event: None))
+            return self._generate(params, image, last_image, on_progress or (lambda phase, **detail: None))
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(
                 f"the GPU ran out of memory at {params.width}x{params.height}, {params.num_frames} frames; "
@@ -188,8 +184,8 @@ class Engine:
         scheduler.set_timesteps(p.steps, device=device)
         plan = self._experts_for(scheduler.timesteps)
         needs_negative = any(guidance[e] > 1.0 for e in set(plan))
-        report({"phase": "text_encode"})
-        with _timed(timings, "text_encode", self.device):
+        report(Phase.TEXT_ENCODE)
+        with timed(timings, Phase.TEXT_ENCODE.value, self._sync):
             prompt_embeds, negative_embeds = pipe.encode_prompt(
                 prompt=p.prompt,
                 negative_prompt=p.negative_prompt,
@@ -203,29 +199,29 @@ class Engine:
 
         # 2. Noise and the conditioning latents (first frame, optional last frame, mask).
         generator = torch.Generator("cpu").manual_seed(p.seed)  # same noise on any device
-        report({"phase": "condition_encode"})
-        with _timed(timings, "condition_encode", self.device):
+        report(Phase.CONDITION_ENCODE)
+        with timed(timings, Phase.CONDITION_ENCODE.value, self._sync):
             first = pipe.video_processor.preprocess(image, height=p.height, width=p.width)
             last = None
             if last_image is not None:
                 last = pipe.video_processor.preprocess(last_image, height=p.height, width=p.width)
                 last = last.to(device, dtype=torch.float32)
             latents, condition = pipe.prepare_latents(
-                first.to(device, dtype=torch.float32),
-                1,
-                pipe.vae.config.z_dim,
-                p.height,
-                p.width,
-                p.num_frames,
-                torch.float32,
-                device,
-                generator,
-                None,
-                last,
+                image=first.to(device, dtype=torch.float32),
+                batch_size=1,
+                num_channels_latents=pipe.vae.config.z_dim,
+                height=p.height,
+                width=p.width,
+                num_frames=p.num_frames,
+                dtype=torch.float32,
+                device=device,
+                generator=generator,
+                latents=None,
+                last_image=last,
             )
 
         # 3. Denoise: each step runs the expert its timestep belongs to.
-        with _timed(timings, "denoise", self.device):
+        with timed(timings, Phase.DENOISE.value, self._sync):
             for index, (t, expert) in enumerate(zip(scheduler.timesteps, plan, strict=True)):
                 model, scale = experts[expert], guidance[expert]
                 model_input = torch.cat([latents, condition], dim=1).to(transformer_dtype)
@@ -235,11 +231,11 @@ class Engine:
                     uncond = _predict(model, model_input, timestep, negative_embeds)
                     noise = uncond + scale * (noise - uncond)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-                report({"phase": "denoise", "step": index + 1, "total_steps": len(plan), "expert": expert})
+                report(Phase.DENOISE, step=index + 1, total_steps=len(plan), expert=expert)
 
         # 4. Decode the latents to frames.
-        report({"phase": "vae_decode"})
-        with _timed(timings, "vae_decode", self.device):
+        report(Phase.VAE_DECODE)
+        with timed(timings, Phase.VAE_DECODE.value, self._sync):
             frames = self._decode(latents)
         pipe.maybe_free_model_hooks()
         return Generated(frames=frames, timings=timings, experts=plan)

@@ -11,57 +11,27 @@ import os
 import secrets
 import tempfile
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
+from ..bucket import BucketSettings
+from ..errors import InputError, JobError, SettingsError
+from ..schema import SEED_MAX, JobInput, JobOutput, Phase, Timings, parse_job_input, progress_event
 from .engine import Engine, GenerationParams
-from ..errors import InputError, JobError
 from .hostmem import resident_bytes, trim_heap
 from .images import fit_image, load_image, output_size
 from .netguard import BlockedAddressError
-from ..schema import SEED_MAX, JobInput, parse_job_input
-from ..bucket import BucketSettings
-from ..errors import SettingsError
 from .settings import Settings
 from .storage import StoredVideo, inline_data_uri, local_name, object_key, save_local, upload_s3
+from .timing import timed
 from .video import encode_mp4
 
 log = logging.getLogger(__name__)
 
-# Share of the whole job each phase ends at, for the progress percentage.
-PHASE_END_PERCENT = {
-    "fetch_image": 2,
-    "text_encode": 4,
-    "condition_encode": 6,
-    "denoise": 90,
-    "vae_decode": 96,
-    "encode_mp4": 98,
-    "upload": 100,
-}
-_PHASES = list(PHASE_END_PERCENT)
-PHASE_START_PERCENT = {phase: PHASE_END_PERCENT[_PHASES[i - 1]] if i else 0 for i, phase in enumerate(_PHASES)}
-
+# Receives (job, progress event) while a job runs; handler.py sends it to RunPod's /status.
 ProgressSink = Callable[[dict, dict], None]
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - start, 3)
-
-
-def progress_event(event: dict) -> dict:
-    """Add an overall `percent` to an engine or worker progress event."""
-    phase = event["phase"]
-    start, end = PHASE_START_PERCENT[phase], PHASE_END_PERCENT[phase]
-    if phase == "denoise":
-        percent = start + (end - start) * event["step"] / event["total_steps"]
-    else:
-        percent = start
-    return {**event, "percent": round(percent, 1)}
 
 
 class Worker:
@@ -79,10 +49,13 @@ class Worker:
 
     def _answer(self, job: dict, job_id: str) -> dict:
         started = time.perf_counter()
+        generating = False  # whether the failure can hold the job's tensors
         try:
             if not isinstance(job, dict):
                 raise InputError("job: must be an object with an 'input' object")
-            output = self._run(job, job_id)
+            request, bucket = parse_job_input(job.get("input")), self._bucket_for(job)
+            generating = True
+            output = self._run(job, job_id, request, bucket, started)
         except JobError as exc:
             # The text only: a log record holding the exception would keep the failed job's tensors alive.
             log.warning("job %s failed: %s", job_id, str(exc))
@@ -93,11 +66,12 @@ class Worker:
             log.exception("job %s failed unexpectedly", job_id)
             result = {"error": f"internal error: {type(exc).__name__}: {exc}", "refresh_worker": True}
         else:
-            output["generation_time"] = output["timings"]["total"] = round(time.perf_counter() - started, 2)
-            log.info("job %s done in %.2f s: %s", job_id, output["generation_time"], output["timings"])
-            return output
-        # The failed job's tensors became unreachable with its exception: hand their memory back now.
-        self.engine.release_memory()
+            log.info("job %s done in %.2f s: %s", job_id, output.generation_time, dict(output.timings))
+            return output.to_json()
+        if generating:
+            # The failed job's tensors became unreachable with its exception: hand their memory back now.
+            # (A job refused at validation never made any; a full collection would cost it 0.15 s.)
+            self.engine.release_memory()
         return result
 
     @staticmethod
@@ -113,8 +87,8 @@ class Worker:
                 (time.perf_counter() - started) * 1000,
             )
 
-    def _report(self, job: dict, event: dict) -> None:
-        event = progress_event(event)
+    def _report(self, job: dict, phase: Phase, **detail: Any) -> None:
+        event = progress_event(phase, **detail)
         log.debug("job %s progress %s", job.get("id"), event)
         if self.progress is not None:
             try:
@@ -123,13 +97,13 @@ class Worker:
                 # The type only: the message of a failed request names its URL, which may carry a token.
                 log.warning("job %s: progress update failed (%s)", job.get("id"), type(exc).__name__)
 
-    def _run(self, job: dict, job_id: str) -> dict:
-        request = parse_job_input(job.get("input"))
-        bucket = self._bucket_for(job)
+    def _run(
+        self, job: dict, job_id: str, request: JobInput, bucket: BucketSettings | None, started: float
+    ) -> JobOutput:
         timings: dict[str, float] = {}
 
-        self._report(job, {"phase": "fetch_image"})
-        with _timed(timings, "fetch_image"):
+        self._report(job, Phase.FETCH_IMAGE)
+        with timed(timings, Phase.FETCH_IMAGE.value):
             policy = self.settings.url_policy
             image = load_image("image", request.image, policy)
             width, height = output_size(image.width, image.height, request.resolution)
@@ -151,37 +125,36 @@ class Worker:
             shift=request.shift,
             seed=seed,
         )
-        generated = self.engine.generate(params, image, last, on_progress=lambda e: self._report(job, e))
+        generated = self.engine.generate(params, image, last, on_progress=lambda *e, **d: self._report(job, *e, **d))
         timings.update(generated.timings)
 
         with tempfile.TemporaryDirectory(prefix="wan-i2v-") as tmp:
             path = Path(tmp) / "video.mp4"
-            self._report(job, {"phase": "encode_mp4"})
-            with _timed(timings, "encode_mp4"):
+            self._report(job, Phase.ENCODE_MP4)
+            with timed(timings, Phase.ENCODE_MP4.value):
                 encode_mp4(generated.frames, path, request.fps, crf=self.settings.video_crf)
             size = path.stat().st_size
-            self._report(job, {"phase": "upload"})
-            with _timed(timings, "upload"):
+            self._report(job, Phase.UPLOAD)
+            with timed(timings, Phase.UPLOAD.value):
                 stored = self._store(path, request, bucket, job_id)
 
-        output = {
-            "video_url": stored.url,
-            "generation_time": None,  # set by handle() once everything is done
-            "video_size_mb": round(size / 1024 / 1024, 2),
-            "resolution": request.resolution,
-            "sample_steps": request.sample_steps,
-            "frame_num": request.frame_num,
-            "width": width,
-            "height": height,
-            "fps": request.fps,
-            "seed": seed,
-            "model": self.settings.model,
-            "storage": stored.location,
-            "timings": timings,
-        }
-        if stored.expires_at:
-            output["video_url_expires_at"] = stored.expires_at
-        return output
+        total = round(time.perf_counter() - started, 2)
+        return JobOutput(
+            video_url=stored.url,
+            video_url_expires_at=stored.expires_at,
+            generation_time=total,
+            video_size_mb=round(size / 1024 / 1024, 2),
+            resolution=request.resolution,
+            sample_steps=request.sample_steps,
+            frame_num=request.frame_num,
+            width=width,
+            height=height,
+            fps=request.fps,
+            seed=seed,
+            model=self.settings.model,
+            storage=stored.location,
+            timings=Timings(**timings, total=total),
+        )
 
     def _bucket_for(self, job: dict) -> BucketSettings | None:
         s3_config = job.get("s3Config")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 from urllib.parse import urlsplit
 
 import requests
@@ -53,7 +53,8 @@ def refusal(address: IPAddress) -> str | None:
         return "a cloud metadata address"
     for kind in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved"):
         if getattr(address, f"is_{kind}"):
-            return f"a {kind.replace('_', '-')} address"
+            article = "an" if kind[0] in "aeiou" else "a"
+            return f"{article} {kind.replace('_', '-')} address"
     if not address.is_global:
         return "not a public address"
     return None
@@ -65,7 +66,6 @@ def shown_url(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class UrlPolicy:
     max_redirects: int = 3
 
     @classmethod
-    def from_allow_list(cls, text: str, **limits) -> "UrlPolicy":
+    def from_allow_list(cls, text: str, **limits) -> UrlPolicy:
         """Parse WAN_URL_ALLOW: comma-separated host names, IP addresses or CIDR networks."""
         hosts, networks = set(), []
         for item in (part.strip() for part in text.split(",")):
@@ -101,7 +101,7 @@ class UrlPolicy:
                 hosts.add(item.lower().rstrip("."))
         return cls(allow_hosts=frozenset(hosts), allow_networks=tuple(networks), **limits)
 
-    def with_resolver(self, resolver: Resolver) -> "UrlPolicy":
+    def with_resolver(self, resolver: Resolver) -> UrlPolicy:
         return replace(self, resolver=resolver)
 
     def addresses(self, host: str, port: int) -> list[IPAddress]:

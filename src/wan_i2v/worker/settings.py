@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..bucket import BucketSettings
 from ..env import env_float, env_int
@@ -27,7 +27,7 @@ class Settings:
     url_policy: UrlPolicy = UrlPolicy()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         crf = env_int(env, "WAN_VIDEO_CRF", cls.video_crf)
         if not 0 <= crf <= 51:

@@ -6,7 +6,6 @@ Knows nothing of the model. Each function takes a finished file and returns wher
 from __future__ import annotations
 
 import base64
-import os
 import re
 import secrets
 import shutil
@@ -15,9 +14,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import StorageError
-from .netguard import shown_url
 from ..bucket import BucketSettings, s3_client
+from ..errors import StorageError
+from ..files import written_whole
+from .netguard import shown_url
 
 CONTENT_TYPE = "video/mp4"
 MULTIPART_BYTES = 16 * 1024 * 1024
@@ -84,15 +84,11 @@ def upload_s3(path: Path, bucket: BucketSettings, key: str) -> StoredVideo:
 
 def save_local(path: Path, output_dir: Path, name: str) -> StoredVideo:
     """Copy into the output directory under `name`; the file appears whole or not at all."""
+    final = output_dir / name
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        final = output_dir / name
-        partial = final.with_suffix(".mp4.partial")
-        try:
+        with written_whole(final) as partial:
             shutil.copyfile(path, partial)
-            os.replace(partial, final)
-        finally:
-            partial.unlink(missing_ok=True)
     except OSError as exc:
         raise StorageError(f"could not write the video to {output_dir}: {exc.strerror or exc}") from None
     return StoredVideo(url=final.resolve().as_uri(), location="local")

@@ -5,17 +5,17 @@ stubbed resolver, and any attempt to open a socket to a non-loopback address fai
 """
 
 import gzip
+import ipaddress
 import socket
 import time
 
 import pytest
 from helpers import encode, picture
 
+from wan_i2v.errors import InputError, SettingsError
 from wan_i2v.worker import images, netguard
-from wan_i2v.errors import InputError
 from wan_i2v.worker.images import load_image
 from wan_i2v.worker.netguard import UrlPolicy
-from wan_i2v.errors import SettingsError
 from wan_i2v.worker.settings import Settings
 
 PNG = encode(picture(), "PNG")
@@ -223,3 +223,18 @@ def test_a_jobs_s3config_endpoint_follows_the_same_address_rules(engine, endpoin
     result = worker.handle({"id": "s3", "input": {"image": "x"}, "s3Config": s3})
     assert result["error"].startswith("s3Config: " + message), result
     assert loopback_only == []
+
+
+@pytest.mark.parametrize(
+    "address, reason",
+    [
+        ("0.0.0.0", "an unspecified address"),
+        ("127.0.0.1", "a loopback address"),
+        ("fe80::1", "a link-local address"),
+        ("10.0.0.1", "a private address"),
+        ("169.254.169.254", "a cloud metadata address"),
+        ("93.184.215.14", None),
+    ],
+)
+def test_refusals_read_as_english(address, reason):
+    assert netguard.refusal(ipaddress.ip_address(address)) == reason

@@ -1,0 +1,286 @@
+"""DevEndpoint: the queue, the worker pool and the routes glued together behind one lock.
+
+Threads: the HTTP server's (one per request; worker long-polls wait on the condition here) and the
+scale loop, the only thread that starts workers (see pool.py for why) and the one that stops them all
+when the endpoint closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+from . import pool as pool_mod
+from .queue import TERMINAL, Job, JobQueue
+from .routes import handler_class
+
+log = logging.getLogger(__name__)
+
+TAKE_WAIT_S = 2.0  # how long a worker's job-take or job-stop request is held open
+SCALE_EVERY_S = 0.25
+CLOSE_GRACE_S = 3.0  # a job still running at close has nowhere to report: its worker is not waited for
+
+
+@dataclass(frozen=True)
+class EndpointStats:
+    """A consistent snapshot of what the endpoint has seen, for tests."""
+
+    submissions: list[dict]  # {"id", "input"} of every /run and /runsync, in order
+    handed_out: dict[str, int]  # job id -> times handed to a worker
+    finished_by_worker: dict[str, int]  # job id -> final results accepted from workers
+    min_workers: int
+    max_workers: int
+    workers_started: int  # worker processes started so far, in total
+    worker_pids: dict[str, int]  # live worker processes: worker id -> pid
+
+
+class DevEndpoint:
+    """A local endpoint speaking RunPod's v2 queue API, with real `python handler.py` workers.
+
+    `spawn_workers=False` never starts a worker (jobs stay queued, whatever min workers says): for API
+    tests that must not pay a worker's cold start. `clock` gives the queue its time."""
+
+    def __init__(
+        self,
+        api_key: str,
+        endpoint_id: str = "dev",
+        port: int = 0,
+        host: str = "127.0.0.1",
+        workers_max: int = 1,
+        idle_timeout_s: float = 5.0,
+        retention_s: float = 1800.0,
+        handler: Path | None = None,
+        log_dir: Path | None = None,
+        spawn_workers: bool = True,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.api_key, self.endpoint_id = api_key, endpoint_id
+        self.min_workers, self.max_workers, self.idle_timeout_s = 0, workers_max, idle_timeout_s
+        self.spawn_workers, self.clock = spawn_workers, clock
+        self.token = secrets.token_hex(16)  # guards the worker routes
+        self.cond = threading.Condition()
+        self.queue = JobQueue(retention_s, on_finish=self._on_finish)
+        self.faults: deque[int] = deque()  # statuses to answer the next queue-API requests with
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+        self.server = ThreadingHTTPServer((host, port), handler_class(self))
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self.pool = pool_mod.WorkerPool(
+            Path(handler or Path.cwd() / "handler.py"),
+            take_url=f"{self.url}/dev/job-take/$ID?token={self.token}",
+            done_url=f"{self.url}/dev/job-done/$RUNPOD_POD_ID/$ID?token={self.token}",
+            log_dir=log_dir,
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> DevEndpoint:
+        self._threads = [
+            threading.Thread(target=self.server.serve_forever, name="dev-endpoint-http", daemon=True),
+            threading.Thread(target=self._scale_loop, name="dev-endpoint-scale", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        log.info("dev endpoint at %s/v2/%s (workers max %d)", self.url, self.endpoint_id, self.max_workers)
+        return self
+
+    def close(self) -> None:
+        """Stops every worker (the scale loop does, before it returns), then the HTTP server."""
+        with self.cond:
+            self._closing = True
+            self.cond.notify_all()
+        if self._threads:
+            self._threads[1].join()
+            self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):  # -> Self (typing.Self needs Python 3.11)
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- for tests --------------------------------------------------------------------------------
+    def stats(self) -> EndpointStats:
+        with self.cond:
+            return EndpointStats(
+                submissions=[dict(s) for s in self.queue.submissions],
+                handed_out=dict(self.queue.handed_out),
+                finished_by_worker=dict(self.queue.finished_by_worker),
+                min_workers=self.min_workers,
+                max_workers=self.max_workers,
+                workers_started=self.pool.started,
+                worker_pids=self.pool.pids(),
+            )
+
+    def inject_faults(self, statuses) -> int:
+        """The next queue-API requests are answered with these statuses (429 with Retry-After: 0).
+        Returns how many are now waiting."""
+        with self.cond:
+            self.faults.extend(int(s) for s in statuses)
+            return len(self.faults)
+
+    def next_fault(self) -> int | None:
+        with self.cond:
+            return self.faults.popleft() if self.faults else None
+
+    # ---- the queue API (routes call these) ---------------------------------------------------------
+    def submit(self, body: dict) -> dict:
+        with self.cond:
+            job = self.queue.submit(body, self.clock())
+            self.cond.notify_all()
+            return job.view(self.clock())
+
+    def view(self, job_id: str) -> dict | None:
+        with self.cond:
+            job = self.queue.get(job_id)
+            return job.view(self.clock()) if job else None
+
+    def wait_for(self, job_id: str, timeout_s: float) -> dict | None:
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            job = self.queue.get(job_id)
+            while job is not None and job.status not in TERMINAL and time.monotonic() < deadline:
+                self.cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            return job.view(self.clock()) if job else None
+
+    def cancel(self, job_id: str) -> dict | None:
+        with self.cond:
+            job = self.queue.cancel(job_id, self.clock())
+            return job.view(self.clock()) if job else None
+
+    def retry(self, job_id: str) -> bool:
+        with self.cond:
+            retried = self.queue.retry(job_id, self.clock())
+            self.cond.notify_all()
+            return retried
+
+    def purge(self) -> int:
+        with self.cond:
+            return self.queue.purge(self.clock())
+
+    def health(self) -> dict:
+        with self.cond:
+            return self.queue.health()
+
+    def set_workers(self, workers: dict) -> dict:
+        """PATCH /v2/serverless/{id}: min, max and idleTimeout as RunPod's REST v2 takes them."""
+        with self.cond:
+            new_min = workers.get("min", self.min_workers)
+            new_max = workers.get("max", self.max_workers)
+            for name, value in (("min", new_min), ("max", new_max)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"workers.{name} must be an integer >= 0")
+            if new_min > new_max:
+                raise ValueError(f"workers.min ({new_min}) cannot exceed workers.max ({new_max})")
+            self.min_workers, self.max_workers = new_min, new_max
+            if isinstance(workers.get("idleTimeout"), (int, float)):
+                self.idle_timeout_s = float(workers["idleTimeout"])
+            self.cond.notify_all()
+            return {
+                "id": self.endpoint_id,
+                "workers": {"min": self.min_workers, "max": self.max_workers, "idleTimeout": self.idle_timeout_s},
+            }
+
+    # ---- the workers' side (long polls) ------------------------------------------------------------
+    def take(self, worker_id: str) -> dict | None:
+        deadline = time.monotonic() + TAKE_WAIT_S
+        with self.cond:
+            while not self._closing:
+                job = self.queue.take(worker_id, self.clock())
+                if job is not None or time.monotonic() >= deadline:
+                    return job
+                self.cond.wait(max(0.0, deadline - time.monotonic()))  # held open, so no worker spins
+            return None
+
+    def done(self, worker_id: str, job_id: str, data: dict) -> None:
+        with self.cond:
+            if self.queue.done(worker_id, job_id, data, self.clock()):  # stopPod
+                self.queue.remove_worker(worker_id, self.clock(), "stopped")
+                stopping = self.pool.detach([worker_id])
+                threading.Thread(target=pool_mod.stop, args=(stopping,), daemon=True).start()
+
+    def stop_signals(self, worker_id: str) -> list[str]:
+        deadline = time.monotonic() + TAKE_WAIT_S
+        with self.cond:
+            while not self.queue.has_stop_requests(worker_id) and time.monotonic() < deadline and not self._closing:
+                self.cond.wait(max(0.0, deadline - time.monotonic()))
+            return self.queue.pop_stop_requests(worker_id)
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _on_finish(self, job: Job) -> None:  # called by the queue, under the lock
+        self.cond.notify_all()
+        if job.webhook:
+            view = job.view(self.clock())
+            threading.Thread(target=_post_webhook, args=(job.webhook, view), daemon=True).start()
+
+    def _scale_loop(self) -> None:
+        """Reaps, applies time limits, and starts or stops workers; at close, stops them all."""
+        while True:
+            with self.cond:
+                if self._closing:
+                    stopping = self.pool.detach(list(self.pool.processes))
+                    break
+                now = self.clock()
+                for worker_id, _ in self.pool.reap():
+                    self.queue.remove_worker(worker_id, now)
+                self.queue.expire(now)
+                to_start, may_stop = pool_mod.scale(
+                    len(self.pool), self.queue.demand(), self.min_workers, self.max_workers
+                )
+                idle = self.queue.idle_for(self.idle_timeout_s, now)[:may_stop]
+                for worker_id in idle:
+                    self.queue.remove_worker(worker_id, now, "stopped")
+                stopping = self.pool.detach(idle)
+                for _ in range(to_start if self.spawn_workers else 0):
+                    self.queue.add_worker(self.pool.start())
+                self.cond.notify_all()
+                self.cond.wait(SCALE_EVERY_S)
+            if stopping:
+                log.info("stopping idle workers: %d", len(stopping))
+                pool_mod.stop(stopping)
+        pool_mod.stop(stopping, CLOSE_GRACE_S)
+
+
+def _post_webhook(url: str, body: dict) -> None:
+    for attempt in range(3):  # RunPod: the first try and two retries, 10 s apart
+        try:
+            if requests.post(url, json=body, timeout=10).ok:
+                return
+        except requests.RequestException:
+            pass
+        if attempt < 2:
+            time.sleep(10)
+
+
+def serve_until_signalled(endpoint: DevEndpoint) -> int:
+    """Serves until SIGINT, SIGTERM or SIGHUP, then closes the endpoint (stopping its workers) and
+    returns the signal's number. Call it from the main thread (only that one may set handlers)."""
+    received: list[int] = []
+    wake = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        received.append(signum)
+        wake.set()
+
+    names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {name: signal.signal(getattr(signal, name), on_signal) for name in names}
+    try:
+        while not wake.wait(1.0):
+            pass
+    finally:
+        endpoint.close()
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+    log.info("dev endpoint stopped on signal %d", received[0])
+    return received[0]

@@ -1,0 +1,77 @@
+"""Finding the weights on disk, never downloading: a folder, or a hub id already in the local cache;
+and the builder's check of a baked folder, which uses the same rules."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from wan_i2v.errors import ModelNotFoundError
+from wan_i2v.worker.weights import resolve_model
+
+
+def resolve_in_subprocess(model: str, hf_home: Path) -> subprocess.CompletedProcess:
+    """resolve_model with its own Hugging Face cache (huggingface_hub reads HF_HOME at import)."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    code = f"from wan_i2v.worker.weights import resolve_model; print(resolve_model({model!r}))"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_fetch_weights_verifies_a_folder(tiny_model, tmp_path):
+    script = [sys.executable, str(ROOT / "builder" / "fetch_weights.py"), "--verify-only", "--dest"]
+    good = subprocess.run(script + [str(tiny_model)], capture_output=True, text=True)
+    assert good.returncode == 0 and "complete Wan2.2 I2V diffusers pipeline" in good.stdout
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    for file in (broken / "vae").glob("*.safetensors"):
+        file.unlink()
+    bad = subprocess.run(script + [str(broken)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "missing: vae/*.safetensors" in bad.stderr
+
+
+def _cache_snapshot(hf_home: Path, repo_id: str, source: Path) -> Path:
+    """Lay out a Hugging Face cache entry by hand, as a build-time download leaves it."""
+    repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo_dir / "snapshots" / commit
+    shutil.copytree(source, snapshot)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_hub_id_resolves_to_its_cached_snapshot_without_network(tiny_model, tmp_path):
+    snapshot = _cache_snapshot(tmp_path / "hf", "Wan-AI/Wan2.2-I2V-A14B-Diffusers", tiny_model)
+    done = resolve_in_subprocess("Wan-AI/Wan2.2-I2V-A14B-Diffusers", tmp_path / "hf")
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == snapshot
+
+
+def test_a_local_directory_must_be_complete(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no such directory"):
+        resolve_model(str(tmp_path / "absent"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="missing: model_index.json, transformer/config.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+def test_a_hub_id_that_is_not_cached_is_never_downloaded(tmp_path):
+    done = resolve_in_subprocess("Wan-AI/Wan2.2-I2V-A14B-Diffusers", tmp_path / "hf")
+    assert done.returncode == 1 and "ModelNotFoundError" in done.stderr
+    assert "has no snapshot in the local Hugging Face cache" in done.stderr
+    assert "Nothing is downloaded at run time" in done.stderr and "builder/fetch_weights.py" in done.stderr
+
+
+def test_a_missing_or_incomplete_folder_says_what_is_missing_and_how_to_bake(tiny_model, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no such directory.*builder/fetch_weights.py"):
+        resolve_model(str(tmp_path / "nowhere"))
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model, partial)
+    shutil.rmtree(partial / "transformer_2")
+    with pytest.raises(ModelNotFoundError, match="missing: transformer_2/config.json, transformer_2/\\*.safetensors"):
+        resolve_model(str(partial))
+    assert resolve_model(str(tiny_model)) == tiny_model
