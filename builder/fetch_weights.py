@@ -4,7 +4,7 @@
     python builder/fetch_weights.py --verify-only --dest DIR     # check a folder, no network
 
 Downloads only the files the worker loads (model_index.json and the six component folders), then
-checks the folder with the same rules the worker applies at cold start (wan_i2v.weights), so a
+checks the folder with the same rules the worker applies at cold start (wan_i2v.worker.weights), so a
 broken download fails the build instead of the first cold start. A gated or private repository
 reads its token from HF_TOKEN.
 """

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -187,7 +188,7 @@ def local_file(url: str) -> Path:
 def ledger_states(ledger: Path) -> list[str] | None:
     """The job states in a batch ledger, read-only; None while the batch is still creating the file."""
     try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
             return [state for (state,) in db.execute("SELECT state FROM jobs ORDER BY position")]
     except sqlite3.OperationalError:  # no file yet, or no table yet
         return None

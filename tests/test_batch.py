@@ -7,7 +7,6 @@ import csv
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -273,6 +272,18 @@ def test_killed_batch_resumes_without_duplicates_or_losses(endpoint_factory, tmp
     assert stats.min_workers == 0
 
 
+def waiting_for_lock(path: Path, pid: int) -> bool:
+    """Whether process `pid` is blocked on the flock of `path` (Linux's /proc/locks marks waiters `->`)."""
+    inode = str(path.stat().st_ino)
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields:
+            at = fields.index("->")
+            if fields[at + 4] == str(pid) and fields[at + 5].rsplit(":", 1)[-1] == inode:
+                return True
+    return False
+
+
 def test_batch_killed_before_it_learns_a_job_id_does_not_send_that_job_again(endpoint_factory, held_runs, tmp_path):
     """The one moment RunPod's API cannot make safe by itself: the endpoint has queued the job, and the
     batch is killed before /run answers with the id. The whole process group gets SIGKILL (as Ctrl-C
@@ -306,7 +317,10 @@ def test_batch_killed_before_it_learns_a_job_id_does_not_send_that_job_again(end
         text=True,
     )
     wait_until(lambda: len(proxy.requests) > talked, 60, "the resumed batch to reach the endpoint")
-    time.sleep(2)  # time enough to send the job again, were it not waiting for the helper
+    # The resumed batch has come to that job and waits for the killed run's helper, which still holds
+    # the send lock (its /run answer is held back): it has not sent the job again.
+    lock = Path(f"{ledger}.send-lock")
+    wait_until(lambda: waiting_for_lock(lock, resumed.pid), 120, "the resumed batch to wait for the send lock")
     assert len(endpoint.stats().submissions) == 1 and ledger_states(ledger)[0] == "submitting"
     proxy.release.set()
     out, err = resumed.communicate(timeout=900)

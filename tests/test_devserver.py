@@ -227,6 +227,10 @@ def test_bodies_over_the_limit_are_413_and_bad_bodies_400(ep):
     bad_json = requests.post(ep.url + "/v2/dev/run", data=b"{nope", headers=AUTH, timeout=10)
     assert bad_json.status_code == 400 and "not valid JSON" in bad_json.text
     assert call(ep, "POST", "/v2/dev/run", {"prompt": "no input"}).status_code == 400
+    for policy in ([1], {"ttl": "1000"}, {"executionTimeout": -5}, {"ttl": True}):
+        refused = call(ep, "POST", "/v2/dev/run", {"input": {}, "policy": policy})
+        assert refused.status_code == 400 and "policy must be" in refused.json()["error"], policy
+    assert call(ep, "GET", "/v2/dev/health").status_code == 200  # and the endpoint goes on
 
 
 def test_run_status_cancel_and_retry_over_http(ep):
@@ -309,9 +313,16 @@ def test_the_worker_protocol_over_http_with_a_stand_in_worker(ep):
 # ---- the pool's process handling, with a stand-in process -------------------------------------------
 @pytest.fixture
 def stand_in(tmp_path):
-    """A 'handler.py' that ignores SIGTERM and sleeps: stands in for a worker without its cold start."""
+    """A 'handler.py' that ignores SIGTERM, says so in a file beside it, and sleeps: stands in for a worker
+    without its cold start."""
     script = tmp_path / "handler.py"
-    script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(120)\n")
+    ready = tmp_path / "ready"
+    script.write_text(
+        "import pathlib, signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"pathlib.Path({str(ready)!r}).write_text('ready')\n"
+        "time.sleep(120)\n"
+    )
     return script
 
 
@@ -321,13 +332,9 @@ def test_a_worker_dies_with_the_thread_that_started_it(stand_in):
     end = threading.Event()
     thread = threading.Thread(target=lambda: (pool.start(), end.wait(30)))
     thread.start()
-    wait_until(
-        lambda: pool.processes and "handler.py" in " ".join(psutil.Process(pool.pids()["worker-1"]).cmdline()),
-        10,
-        "exec",
-    )
+    # The stand-in writes its file only once the launcher has set the parent-death signal and exec'd it.
+    wait_until((stand_in.parent / "ready").exists, 30, "the stand-in worker to start")
     (process,) = pool.processes.values()
-    time.sleep(0.3)
     assert process.poll() is None
     end.set()
     thread.join()
@@ -341,11 +348,12 @@ def test_stop_sends_sigkill_after_the_grace(stand_in):
     pool.start()
     worker_id = next(iter(pool.processes))
     assert pool.pids()[worker_id] > 0 and len(pool) == 1
-    time.sleep(0.5)  # past Python's start-up, so SIGTERM is ignored
+    wait_until((stand_in.parent / "ready").exists, 30, "the stand-in to ignore SIGTERM")
+    (process,) = pool.processes.values()
     started = time.monotonic()
     stop(pool.detach([worker_id]), grace_s=0.5)
     assert 0.5 <= time.monotonic() - started < 5 and len(pool) == 0
-    assert pool.reap() == []
+    assert process.returncode == -signal.SIGKILL
 
 
 # ---- the command, with real handler.py workers --------------------------------------------------------
@@ -420,3 +428,35 @@ def test_a_sigkilled_endpoint_still_takes_its_idle_worker_with_it(dev_endpoint_p
     process.kill()
     process.wait(10)
     wait_until(lambda: gone(workers), 10, "the orphaned worker to exit")
+
+
+SERVE = """
+import signal, sys
+from wan_i2v.ops.devserver import DevEndpoint, serve_until_signalled
+if sys.argv[1] == "ignore-hup":
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup` starts a program
+endpoint = DevEndpoint(api_key="k", spawn_workers=False).start()
+print(endpoint.url, flush=True)
+print("stopped on", serve_until_signalled(endpoint), flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_each_stop_signal_closes_the_endpoint(signum):
+    serving = subprocess.Popen([sys.executable, "-c", SERVE, "-"], stdout=subprocess.PIPE, text=True)
+    url = serving.stdout.readline().strip()
+    assert requests.get(f"{url}/v2/dev/health", headers={"Authorization": "Bearer k"}, timeout=10).ok
+    serving.send_signal(signum)
+    assert serving.wait(10) == 0 and serving.stdout.read().strip() == f"stopped on {int(signum)}"
+
+
+def test_a_signal_the_process_was_told_to_ignore_stays_ignored():
+    """`nohup wan-i2v dev-endpoint &` outlives its terminal: SIGHUP stays ignored, SIGTERM still stops it."""
+    serving = subprocess.Popen([sys.executable, "-c", SERVE, "ignore-hup"], stdout=subprocess.PIPE, text=True)
+    url = serving.stdout.readline().strip()
+    serving.send_signal(signal.SIGHUP)
+    time.sleep(1.5)  # the serving loop wakes every second
+    assert serving.poll() is None
+    assert requests.get(f"{url}/v2/dev/health", headers={"Authorization": "Bearer k"}, timeout=10).ok
+    serving.send_signal(signal.SIGTERM)
+    assert serving.wait(10) == 0

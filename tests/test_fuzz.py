@@ -136,3 +136,9 @@ test_25_hostile_edits_of_a_good_job_end_as_a_video_or_a_clear_error = pytest.mar
 def test_the_worker_still_serves_a_good_job_after_fuzzing(fuzz_worker):
     result = fuzz_worker.handle({"id": "after-fuzz", "input": GOOD})
     assert "video_url" in result, result
+
+
+@pytest.mark.load
+def test_the_worker_still_serves_a_good_job_after_the_long_fuzzing(fuzz_worker):
+    result = fuzz_worker.handle({"id": "after-long-fuzz", "input": GOOD})
+    assert "video_url" in result, result

@@ -32,14 +32,26 @@ def worker(engine, work_dirs, monkeypatch):
 
 @pytest.fixture(scope="module")
 def first_job(engine, work_dirs):
-    events = []
+    """One whole job with progress captured, and the forwards each expert ran: the high-noise expert's
+    guidance off (one forward a step), the low-noise expert's on (two)."""
+    events, forwards = [], {"high_noise": 0, "low_noise": 0}
+    experts = {"high_noise": engine.pipe.transformer, "low_noise": engine.pipe.transformer_2}
+    hooks = [
+        model.register_forward_hook(lambda *_, name=name: forwards.__setitem__(name, forwards[name] + 1))
+        for name, model in experts.items()
+    ]
     w = Worker(engine, Settings(model="tiny", output_dir=work_dirs / "out"), progress=lambda job, e: events.append(e))
-    output = w.handle({"id": "job-1", "input": {**JOB, "seed": 7, "fps": 12}})
-    return output, events
+    try:
+        guidance = {"guidance_scale": 1.0, "guidance_scale_2": 4.0}
+        output = w.handle({"id": "job-1", "input": {**JOB, **guidance, "seed": 7, "fps": 12}})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return output, events, forwards
 
 
 def test_job_returns_the_contracted_fields_and_a_valid_mp4(first_job):
-    output, _ = first_job
+    output, _, _ = first_job
     assert "error" not in output, output
     for name in ("video_url", "generation_time", "video_size_mb", "resolution", "sample_steps", "frame_num"):
         assert name in output
@@ -56,8 +68,14 @@ def test_job_returns_the_contracted_fields_and_a_valid_mp4(first_job):
     assert output["timings"]["total"] == output["generation_time"] >= output["timings"]["denoise"] > 0
 
 
+def test_each_experts_guidance_reaches_that_expert(first_job, engine):
+    _, _, forwards = first_job
+    plan = engine.expert_plan(15, 5.0)
+    assert forwards == {"high_noise": plan.count("high_noise"), "low_noise": 2 * plan.count("low_noise")}
+
+
 def test_progress_reports_each_step_with_its_expert(first_job):
-    _, events = first_job
+    _, events, _ = first_job
     steps = [e for e in events if e["phase"] == "denoise"]
     assert [e["step"] for e in steps] == list(range(1, 16))
     experts = [e["expert"] for e in steps]

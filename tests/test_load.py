@@ -35,9 +35,10 @@ pytestmark = [pytest.mark.load, pytest.mark.timeout(3600)]  # 200 jobs take over
 
 CHEAP = {**SHAPE, **UNGUIDED}
 # (clients, jobs per client), sequential jobs, (images, prompts, kills) at each scale.
+# The sequential run compares the RSS medians of two windows of jobs (first and last job of each).
 SCALES = {
-    "full": {"clients": (20, 10), "sequential": 100, "kills": (6, 5, 10)},
-    "ci": {"clients": (8, 5), "sequential": 30, "kills": (4, 3, 4)},
+    "full": {"clients": (20, 10), "sequential": (100, (11, 30), (81, 100)), "kills": (6, 5, 10)},
+    "ci": {"clients": (8, 5), "sequential": (30, (6, 15), (21, 30)), "kills": (4, 3, 4)},
 }
 
 
@@ -96,10 +97,9 @@ def test_100_sequential_jobs_in_one_worker_keep_memory_flat(endpoint_factory, tm
     1 MB per job moves them by about 10%. The peak (VmHWM) after job 30 against after job 100 shows
     the worker does not merely look flat between jobs while its working set climbs. Without the
     heap trim after each job (wan_i2v.worker.hostmem) the medians grew 12% here. At the CI scale
-    (30 jobs) the windows are jobs 4-9 and 25-30 and the peaks after jobs 9 and 30."""
-    count = SCALES[load_scale]["sequential"]
-    early_jobs = range(count // 10 + 1, count * 3 // 10 + 1)
-    late_jobs = range(count * 8 // 10 + 1, count + 1)
+    (30 jobs) the windows are jobs 6-15 and 21-30 and the peaks after jobs 15 and 30."""
+    count, (early_first, early_last), (late_first, late_last) = SCALES[load_scale]["sequential"]
+    early_jobs, late_jobs = range(early_first, early_last + 1), range(late_first, late_last + 1)
     endpoint = endpoint_factory(workers_max=1, idle_timeout_s=60)
     client = client_for(endpoint)
     rss: dict[int, int] = {}

@@ -147,6 +147,9 @@ class RunOptions:
     poll_s: float = 5.0
     ready_timeout_s: float = 600.0
     stall_timeout_s: float | None = None  # TimeoutError when no job has moved on for this long
+    # Send each job from a detached helper (see handoff), so a killed run can be resumed without sending a
+    # job twice. A throwaway ledger (Client.run_batch) is never resumed: it sends in-process instead.
+    detached_send: bool = True
 
 
 def video_name(row: Row) -> str:
@@ -283,7 +286,10 @@ class _Engine:
         finally:
             if options.manage_workers:
                 scaled, health = management.scale_down_if_idle()
-                log.info("min workers %s: %s", "set to 0" if scaled else "left as they are", health.line())
+                if scaled:
+                    log.info("min workers set to 0: %s", health.line())
+                else:  # a paid worker stays warm: say so where a library user sees it
+                    log.warning("left min workers as they are, the endpoint is busy: %s", health.line())
 
     def _step(self) -> bool:
         """Poll or send what is in flight, then fill the free places; whether any job is still open."""
@@ -307,6 +313,10 @@ class _Engine:
 
     def _submit(self, row: Row) -> None:
         """Send one job through a detached helper (see `handoff`), so a kill at any moment sends it at most once."""
+        if not self.options.detached_send:
+            self._set(row, "submitting", attempts=row.attempts + 1)
+            self._set(row, "submitted", job_id=self.client.submit(row.job_input()))
+            return
         with send_lock(self.ledger.path) as lock:
             now = self.ledger.row(row.key)
             if now.state not in ("pending", "submitting"):

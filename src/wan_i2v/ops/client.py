@@ -200,7 +200,8 @@ class Client:
         ready_timeout_s: float = 600.0,
         max_in_flight: int | None = None,
     ) -> list[dict]:
-        """The seed's process_batch, run by the batch engine (`batch.Batch`) on a throwaway ledger.
+        """The seed's process_batch, run by the batch engine (`batch.Batch`) on a throwaway ledger
+        (sent in-process: a throwaway ledger is never resumed, so the kill-safe helper would add nothing).
 
         Results in input order, each {"id", "output"} or {"id", "status", "error"}; a FAILED or
         TIMED_OUT job is retried `retries` times. With auto_manage_workers, min workers go to 1 before
@@ -217,6 +218,7 @@ class Client:
             poll_s=self.poll_s,
             ready_timeout_s=ready_timeout_s,
             stall_timeout_s=timeout_s,
+            detached_send=False,
         )
         planned = plan_inputs(jobs)
         with (

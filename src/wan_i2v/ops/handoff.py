@@ -18,7 +18,6 @@ POSIX only (flock, sessions): Linux and macOS.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -34,6 +33,8 @@ from .ledger import Ledger
 @contextmanager
 def send_lock(ledger_path: Path) -> Iterator[int]:
     """Hold the ledger's send lock (waiting for a helper of a killed run); yields the locked descriptor."""
+    import fcntl  # POSIX only; imported here so that the rest of the operator side loads anywhere
+
     fd = os.open(f"{ledger_path}.send-lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -101,6 +101,9 @@ class Ledger:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self._migrate()
+        except sqlite3.OperationalError as exc:  # locked, unreadable: the file may well be a ledger
+            self.db.close()
+            raise LedgerError(f"{self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise LedgerError(f"{self.path} is not a wan-i2v ledger: {exc}") from None

@@ -91,7 +91,13 @@ class DevEndpoint:
         ]
         for thread in self._threads:
             thread.start()
-        log.info("dev endpoint at %s/v2/%s (workers max %d)", self.url, self.endpoint_id, self.max_workers)
+        log.info(
+            "dev endpoint %s at %s/v2/%s (workers max %d)",
+            self.endpoint_id,
+            self.url,
+            self.endpoint_id,
+            self.max_workers,
+        )
         return self
 
     def close(self) -> None:
@@ -104,7 +110,7 @@ class DevEndpoint:
             self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self):  # -> Self (typing.Self needs Python 3.11)
+    def __enter__(self) -> DevEndpoint:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -225,31 +231,45 @@ class DevEndpoint:
             threading.Thread(target=_post_webhook, args=(job.webhook, view), daemon=True).start()
 
     def _scale_loop(self) -> None:
-        """Reaps, applies time limits, and starts or stops workers; at close, stops them all."""
+        """Reaps, applies time limits, and starts or stops workers; at close, stops them all.
+
+        It must outlive every round: the workers die with this thread (their parent-death signal), so
+        an error in one round is logged and the loop goes on."""
         while True:
-            with self.cond:
-                if self._closing:
-                    stopping = self.pool.detach(list(self.pool.processes))
-                    break
-                now = self.clock()
-                for worker_id, _ in self.pool.reap():
-                    self.queue.remove_worker(worker_id, now)
-                self.queue.expire(now)
-                to_start, may_stop = pool_mod.scale(
-                    len(self.pool), self.queue.demand(), self.min_workers, self.max_workers
-                )
-                idle = self.queue.idle_for(self.idle_timeout_s, now)[:may_stop]
-                for worker_id in idle:
-                    self.queue.remove_worker(worker_id, now, "stopped")
-                stopping = self.pool.detach(idle)
-                for _ in range(to_start if self.spawn_workers else 0):
-                    self.queue.add_worker(self.pool.start())
-                self.cond.notify_all()
-                self.cond.wait(SCALE_EVERY_S)
+            try:
+                stopping = self._scale_once()
+            except Exception:
+                log.exception("dev endpoint: scaling failed; trying again")
+                time.sleep(SCALE_EVERY_S)
+                continue
+            if stopping is None:
+                break
             if stopping:
                 log.info("stopping idle workers: %d", len(stopping))
                 pool_mod.stop(stopping)
+        with self.cond:
+            stopping = self.pool.detach(list(self.pool.processes))
         pool_mod.stop(stopping, CLOSE_GRACE_S)
+
+    def _scale_once(self) -> list | None:
+        """One round: the idle workers to stop (already detached), or None once the endpoint closes."""
+        with self.cond:
+            if self._closing:
+                return None
+            now = self.clock()
+            for worker_id, _ in self.pool.reap():
+                self.queue.remove_worker(worker_id, now)
+            self.queue.expire(now)
+            to_start, may_stop = pool_mod.scale(len(self.pool), self.queue.demand(), self.min_workers, self.max_workers)
+            idle = self.queue.idle_for(self.idle_timeout_s, now)[:may_stop]
+            for worker_id in idle:
+                self.queue.remove_worker(worker_id, now, "stopped")
+            stopping = self.pool.detach(idle)
+            for _ in range(to_start if self.spawn_workers else 0):
+                self.queue.add_worker(self.pool.start())
+            self.cond.notify_all()
+            self.cond.wait(SCALE_EVERY_S)
+            return stopping
 
 
 def _post_webhook(url: str, body: dict) -> None:
@@ -273,7 +293,10 @@ def serve_until_signalled(endpoint: DevEndpoint) -> int:
         received.append(signum)
         wake.set()
 
+    # A signal the process was started to ignore stays ignored: `nohup wan-i2v dev-endpoint &`
+    # must outlive its terminal (SIGHUP), a background job of a script its Ctrl-C (SIGINT).
     names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    names = [name for name in names if signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN]
     previous = {name: signal.signal(getattr(signal, name), on_signal) for name in names}
     try:
         while not wake.wait(1.0):

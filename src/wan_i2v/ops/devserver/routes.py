@@ -107,6 +107,15 @@ def _run_body(req: Request, limit: int) -> dict:
     body = req.json(limit)
     if not isinstance(body, dict) or "input" not in body:
         raise HttpError(400, 'body must be {"input": {...}}')
+    policy = body.get("policy")
+    if policy is not None:
+        limits = ("executionTimeout", "ttl")
+        bad = not isinstance(policy, dict) or any(
+            not isinstance(policy.get(name, 0), int) or isinstance(policy.get(name), bool) or policy.get(name, 0) < 0
+            for name in limits
+        )
+        if bad:
+            raise HttpError(400, 'policy must be {"executionTimeout": ms, "ttl": ms} with whole numbers >= 0')
     return body
 
 
