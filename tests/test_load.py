@@ -17,9 +17,7 @@ import time
 
 import pytest
 from helpers import (
-    IMAGE,
-    SHAPE,
-    UNGUIDED,
+    CHEAP,
     assert_videos,
     batch_args,
     cli_env,
@@ -33,7 +31,6 @@ from helpers import (
 
 pytestmark = [pytest.mark.load, pytest.mark.timeout(3600)]  # 200 jobs take over 15 min on 2 cores
 
-CHEAP = {**SHAPE, **UNGUIDED}
 # (clients, jobs per client), sequential jobs, (images, prompts, kills) at each scale.
 # The sequential run compares the RSS medians of two windows of jobs (first and last job of each).
 SCALES = {
@@ -62,7 +59,7 @@ def test_200_jobs_from_20_concurrent_clients_each_complete_exactly_once(
         try:
             for round_ in range(per_client):
                 index = number * per_client + round_
-                job_id = client.submit({**CHEAP, "image": IMAGE, "prompt": f"job {index}", "seed": index})
+                job_id = client.submit({**CHEAP, "prompt": f"job {index}", "seed": index})
                 results[index] = {"id": job_id, "output": client.wait(job_id, timeout_s=3600)}
         except Exception as exc:  # recorded and asserted below, with the rest
             failures.append(f"client {number}: {type(exc).__name__}: {exc}")
@@ -105,7 +102,7 @@ def test_100_sequential_jobs_in_one_worker_keep_memory_flat(endpoint_factory, tm
     rss: dict[int, int] = {}
     peak: dict[int, int] = {}
     for index in range(1, count + 1):
-        job_id = client.submit({**CHEAP, "image": IMAGE, "prompt": f"endurance {index}", "seed": index})
+        job_id = client.submit({**CHEAP, "prompt": f"endurance {index}", "seed": index})
         assert client.wait(job_id, timeout_s=600)["frame_num"] == 17
         (pid,) = endpoint.stats().worker_pids.values()
         rss[index] = memory_bytes(pid, "VmRSS")

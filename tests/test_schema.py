@@ -1,8 +1,7 @@
 import re
-from pathlib import Path
 
 import pytest
-from helpers import OUTPUT
+from helpers import OUTPUT, ROOT
 
 from wan_i2v.errors import InputError
 from wan_i2v.schema import (
@@ -16,7 +15,6 @@ from wan_i2v.schema import (
     progress_event,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"image": "https://example.com/a.png"}
 
 

@@ -6,13 +6,12 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from helpers import KEY, SHAPE, UNGUIDED, bucket_keys, client_for, encode, picture, s3_client
+from helpers import CHEAP, KEY, bucket_keys, client_for, encode, picture, s3_client
 
 from wan_i2v.ops.client import JobFailed
 
 IMAGE_SECRET = "image-query-signature-0f1e2d"
 JOB_S3_SECRET = "job-s3config-secret-9a8b7c"
-CHEAP = {**SHAPE, **UNGUIDED}
 
 
 def test_secrets_never_reach_logs_errors_or_outputs(
