@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     KEY,
+    OUTPUT,
     assert_videos,
     batch_args,
     cli_env,
@@ -25,29 +26,14 @@ from helpers import (
 from wan_i2v.ops import batch as bulk
 from wan_i2v.ops.batch import Batch, BatchError, dry_run, estimate_seconds, may_retry, plan_jobs, read_prompts
 from wan_i2v.ops.ledger import Ledger
-from wan_i2v.schema import JobOutput, Phase, Timings
+from wan_i2v.schema import JobOutput
 
 UNGUIDED_FLAGS = ["--guidance-scale", "1", "--guidance-scale-2", "1"]
 
 
 def job_output(**changes) -> dict:
-    timings = Timings(**dict.fromkeys((p.value for p in Phase), 0.1), total=2.5)
-    output = JobOutput(
-        video_url="file:///tmp/v.mp4",
-        generation_time=2.5,
-        video_size_mb=0.1,
-        resolution="480p",
-        sample_steps=15,
-        frame_num=17,
-        width=832,
-        height=480,
-        fps=16,
-        seed=42,
-        model="tiny",
-        storage="local",
-        timings=timings,
-    )
-    return {**output.to_json(), **changes}
+    """A finished job's output (the shared sample, in the worker's own form) with `changes`."""
+    return JobOutput.model_validate({**OUTPUT, "generation_time": 2.5, **changes}).to_json()
 
 
 def read_index(path: Path) -> list[dict]:

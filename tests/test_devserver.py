@@ -122,6 +122,14 @@ def test_purge_cancels_the_queued_jobs_and_leaves_running_ones(q):
     assert [j.status for j in jobs] == ["IN_PROGRESS", "CANCELLED", "CANCELLED"]
 
 
+@pytest.mark.parametrize("policy", [[1], {"ttl": "1000"}, {"executionTimeout": -5}, {"ttl": True}])
+def test_a_malformed_policy_is_refused_and_nothing_is_queued(q, policy):
+    with pytest.raises(ValueError, match="policy must be"):
+        q.submit({"input": 1, "policy": policy}, now=0)
+    assert not q.waiting and not q.jobs and not q.submissions
+    q.expire(now=10**6)  # what a malformed policy used to crash
+
+
 def test_execution_timeout_and_ttl_expire_with_the_clock(q):
     slow = q.submit({"input": 1, "policy": {"executionTimeout": 5000}}, now=0)
     stale = q.submit({"input": 2, "policy": {"ttl": 3000}}, now=0)

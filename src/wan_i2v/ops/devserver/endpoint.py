@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 from . import pool as pool_mod
-from .queue import TERMINAL, Job, JobQueue
+from .queue import TERMINAL, Job, JobQueue, is_count
 from .routes import handler_class
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class DevEndpoint:
             new_min = workers.get("min", self.min_workers)
             new_max = workers.get("max", self.max_workers)
             for name, value in (("min", new_min), ("max", new_max)):
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                if not is_count(value):
                     raise ValueError(f"workers.{name} must be an integer >= 0")
             if new_min > new_max:
                 raise ValueError(f"workers.min ({new_min}) cannot exceed workers.max ({new_max})")

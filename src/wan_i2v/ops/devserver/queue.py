@@ -21,6 +21,21 @@ IN_QUEUE, IN_PROGRESS = "IN_QUEUE", "IN_PROGRESS"
 COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
 TERMINAL = frozenset((COMPLETED, FAILED, CANCELLED, TIMED_OUT))
 INITIALIZING, IDLE, RUNNING = "initializing", "idle", "running"  # a worker's states, as /health counts them
+POLICY_LIMITS = ("executionTimeout", "ttl")  # milliseconds
+
+
+def is_count(value: Any) -> bool:
+    """A whole number >= 0 (and not a bool, which Python counts as an int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def checked_policy(policy: Any) -> dict:
+    """A job's `policy`, or ValueError: `expire` does arithmetic on its limits."""
+    if policy is None:
+        return {}
+    if not isinstance(policy, dict) or not all(is_count(policy.get(name, 0)) for name in POLICY_LIMITS):
+        raise ValueError('policy must be {"executionTimeout": ms, "ttl": ms} with whole numbers >= 0')
+    return policy
 
 
 @dataclass
@@ -81,12 +96,13 @@ class JobQueue:
 
     # ---- the client's side -------------------------------------------------------------------------
     def submit(self, body: dict, now: float) -> Job:
+        """Queue a /run body; ValueError (nothing queued) for a malformed policy."""
         job = Job(
             id=f"{uuid.uuid4()}-dev",
             input=body.get("input"),
             queued=now,
             webhook=body.get("webhook"),
-            policy=body.get("policy") or {},
+            policy=checked_policy(body.get("policy")),
             s3_config=body.get("s3Config"),
         )
         self.jobs[job.id] = job
