@@ -16,12 +16,17 @@ RUN pip install -r builder/requirements.txt
 
 # 2. Bake the weights (at least 65 GB) in their own layer, before the code, so that code changes
 #    do not download them again. The check uses the worker's own rules (wan_i2v/worker/weights.py).
+#    The turbo LoRA pair (README, "Turbo mode") goes to /models/wan/turbo-lora; an empty
+#    WAN_TURBO_LORA_FILES skips it (quality mode only).
 ARG WAN_MODEL_ID=Wan-AI/Wan2.2-I2V-A14B-Diffusers
 ARG WAN_MODEL_REVISION=main
+ARG WAN_TURBO_LORA_REPO=lightx2v/Wan2.2-Distill-Loras
+ARG WAN_TURBO_LORA_FILES=wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors,wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors
 COPY builder/fetch_weights.py builder/fetch_weights.py
 COPY src/wan_i2v/__init__.py src/wan_i2v/errors.py src/wan_i2v/
 COPY src/wan_i2v/worker/__init__.py src/wan_i2v/worker/weights.py src/wan_i2v/worker/
-RUN python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dest /models/wan
+RUN python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dest /models/wan \
+        --turbo-lora-repo "${WAN_TURBO_LORA_REPO}" --turbo-lora-files "${WAN_TURBO_LORA_FILES}"
 
 # 3. The worker itself.
 COPY pyproject.toml README.md ./
@@ -30,7 +35,9 @@ RUN pip install --no-deps .
 COPY handler.py test_input.json ./
 
 # Nothing is downloaded at run time: the worker reads /models/wan and fails fast if it is incomplete.
+# The compile cache lives in the image's /cache unless WAN_COMPILE_CACHE points at a network volume.
 ENV WAN_MODEL=/models/wan \
+    WAN_COMPILE_CACHE=/cache/torch-compile \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     WAN_OUTPUT_DIR=/tmp/wan-outputs

@@ -2,6 +2,10 @@
 
     python builder/tiny_model.py DIR
 
+It also writes a tiny turbo LoRA pair into DIR/turbo-lora/, in the key layout of the published
+lightx2v Wan2.2-Distill-Loras I2V files (see `write_lora_pair`), so that `WAN_MODEL=DIR` serves turbo
+jobs and the real LoRA reading and fusing code runs in tests.
+
 Same classes and folder layout as Wan-AI/Wan2.2-I2V-A14B-Diffusers (two WanTransformer3DModel
 experts with boundary_ratio 0.9, AutoencoderKLWan with z_dim 16, UMT5EncoderModel, a T5 tokenizer,
 UniPC flow scheduler), but a few megabytes, built from configs in code: no hub, no network. Tests and
@@ -55,7 +59,7 @@ def build_expert(seed: int) -> WanTransformer3DModel:
         text_dim=TEXT_DIM,
         freq_dim=32,
         ffn_dim=32,
-        num_layers=1,
+        num_layers=2,  # two: the step cache (FirstBlockCache) needs a first block and a rest
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,  # the real value: smaller tables break at 480p and 720p
@@ -98,9 +102,90 @@ def build_pipeline(seed: int = 0) -> WanImageToVideoPipeline:
     )
 
 
-def write_tiny_model(dest: Path, seed: int = 0) -> Path:
+def _lora_shapes(config) -> dict[str, tuple[int, int]]:
+    """(out, in) of each linear layer a lightx2v I2V LoRA covers, in the original Wan names."""
+    dim = config.num_attention_heads * config.attention_head_dim
+    shapes = {}
+    for n in range(config.num_layers):
+        for attn in ("self_attn", "cross_attn"):
+            for proj in "qkvo":
+                shapes[f"blocks.{n}.{attn}.{proj}"] = (dim, dim)
+        shapes[f"blocks.{n}.ffn.0"] = (config.ffn_dim, dim)
+        shapes[f"blocks.{n}.ffn.2"] = (dim, config.ffn_dim)
+    shapes["text_embedding.0"] = (dim, config.text_dim)
+    shapes["text_embedding.2"] = (dim, dim)
+    shapes["time_embedding.0"] = (dim, config.freq_dim)
+    shapes["time_embedding.2"] = (dim, dim)
+    shapes["time_projection.1"] = (dim * 6, dim)
+    return shapes
+
+
+def lora_state(config, rank: int, seed: int, image_branch: bool, std: float = 0.02) -> dict[str, torch.Tensor]:
+    """A random LoRA in the layout of lightx2v's extracted I2V files (LightX2V tools/extract/lora_extractor.py).
+
+    Large linear layers get `lora_down`/`lora_up` (no alpha: the scale is 1) and `diff_b` for their bias;
+    small tensors are full deltas: `head.head.diff` and `diff_b`, `patch_embedding.diff`, the norms' `diff`,
+    the modulation tables' `diff_m`. The low-noise file also carries Wan2.1's image-branch keys (`k_img`,
+    `v_img`, `norm_k_img`, `img_emb`), which Wan2.2 I2V-A14B lacks. bf16, as published.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    dim = config.num_attention_heads * config.attention_head_dim
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=generator) * std).to(torch.bfloat16)
+
+    state = {}
+    shapes = _lora_shapes(config)
+    if image_branch:
+        for n in range(config.num_layers):
+            shapes[f"blocks.{n}.cross_attn.k_img"] = shapes[f"blocks.{n}.cross_attn.v_img"] = (dim, dim)
+        shapes["img_emb.proj.1"] = shapes["img_emb.proj.3"] = (dim, dim)
+    for name, (out_features, in_features) in shapes.items():
+        state[f"diffusion_model.{name}.lora_down.weight"] = rand(rank, in_features)
+        state[f"diffusion_model.{name}.lora_up.weight"] = rand(out_features, rank)
+        state[f"diffusion_model.{name}.diff_b"] = rand(out_features)
+    for n in range(config.num_layers):
+        for norm in ("self_attn.norm_q", "self_attn.norm_k", "cross_attn.norm_q", "cross_attn.norm_k"):
+            state[f"diffusion_model.blocks.{n}.{norm}.diff"] = rand(dim)
+        state[f"diffusion_model.blocks.{n}.norm3.diff"] = rand(dim)
+        state[f"diffusion_model.blocks.{n}.norm3.diff_b"] = rand(dim)
+        state[f"diffusion_model.blocks.{n}.diff_m"] = rand(1, 6, dim)
+        if image_branch:
+            state[f"diffusion_model.blocks.{n}.cross_attn.norm_k_img.diff"] = rand(dim)
+    head_out = config.out_channels * int(torch.tensor(config.patch_size).prod())
+    state["diffusion_model.head.head.diff"] = rand(head_out, dim)
+    state["diffusion_model.head.head.diff_b"] = rand(head_out)
+    state["diffusion_model.head.diff_m"] = rand(1, 2, dim)
+    state["diffusion_model.patch_embedding.diff"] = rand(dim, config.in_channels, *config.patch_size)
+    state["diffusion_model.patch_embedding.diff_b"] = rand(dim)
+    if image_branch:
+        state["diffusion_model.img_emb.proj.0.diff"] = rand(dim)
+        state["diffusion_model.img_emb.proj.4.diff"] = rand(dim)
+    return state
+
+
+def write_lora_pair(dest: Path, config, rank: int = 4, seed: int = 0, std: float = 0.02) -> dict[str, Path]:
+    """Write a high/low-noise turbo pair for experts of `config` into `dest` (named like the published files)."""
+    from safetensors.torch import save_file
+
     dest = Path(dest)
-    build_pipeline(seed).save_pretrained(dest, safe_serialization=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for offset, side in enumerate(("high_noise", "low_noise")):
+        state = lora_state(config, rank, seed + offset, image_branch=side == "low_noise", std=std)
+        path = dest / f"wan2.2_i2v_A14b_{side}_lora_rank{rank}_lightx2v_4step_tiny.safetensors"
+        save_file(state, str(path))
+        files[side] = path
+    return files
+
+
+def write_tiny_model(dest: Path, seed: int = 0, turbo_lora: bool = True) -> Path:
+    dest = Path(dest)
+    pipe = build_pipeline(seed)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    if turbo_lora:
+        # A larger spread than a real LoRA's, so that the tiny model's frames visibly change with it.
+        write_lora_pair(dest / "turbo-lora", pipe.transformer.config, rank=4, seed=seed + 10, std=0.1)
     return dest
 
 
@@ -108,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path, help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--no-turbo-lora", action="store_true", help="do not write DIR/turbo-lora/")
     args = parser.parse_args(argv)
-    path = write_tiny_model(args.dest, args.seed)
+    path = write_tiny_model(args.dest, args.seed, turbo_lora=not args.no_turbo_lora)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(f"wrote tiny Wan2.2 I2V pipeline to {path} ({size / 1e6:.1f} MB)")
     return 0

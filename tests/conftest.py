@@ -42,6 +42,23 @@ def engine(tiny_model):
 
 
 @pytest.fixture(scope="session")
+def engine_with(tiny_model):
+    """Engines on the tiny model with other settings (`engine_with(memory_plan="swap")`), one per setting."""
+    from wan_i2v.worker.engine import Engine
+    from wan_i2v.worker.settings import EngineOptions
+
+    built = {}
+
+    def build(**options):
+        key = tuple(sorted(options.items()))
+        if key not in built:
+            built[key] = Engine.load(str(tiny_model), EngineOptions(**options))
+        return built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-compatible server (moto) on loopback, started for this test session."""
     port = free_port()

@@ -167,6 +167,7 @@ OUTPUT = {
     "generation_time": 12.5,
     "video_size_mb": 1.2,
     "resolution": "480p",
+    "mode": "quality",
     "sample_steps": 15,
     "frame_num": 17,
     "width": 832,
@@ -175,7 +176,7 @@ OUTPUT = {
     "seed": 1,
     "model": "tiny",
     "storage": "s3",
-    "timings": {**dict.fromkeys(PHASES, 1.0), "total": 12.5},
+    "timings": {**dict.fromkeys(PHASES, 1.0), "total": 12.5, "mode_switch": 0.0},
 }
 
 

@@ -104,6 +104,9 @@ def test_estimate_from_the_baseline_or_from_measured_jobs_of_the_same_shape():
     assert estimate_seconds({"resolution": "720p", "frame_num": 41}) == pytest.approx((60 * 12.29 + 8.0) * 41 / 81)
     measured = [({"sample_steps": 15}, 10.0), ({"sample_steps": 15, "seed": 3}, 20.0), ({"sample_steps": 30}, 99.0)]
     assert estimate_seconds({"sample_steps": 15, "prompt": "other"}, measured) == 15.0
+    # Turbo: 4 steps by default, no guidance, and never averaged with quality jobs of the same steps.
+    assert estimate_seconds({"mode": "turbo"}) == pytest.approx(4 * 3.29 + 3.2)
+    assert estimate_seconds({"mode": "turbo", "sample_steps": 15}, measured) == pytest.approx(15 * 3.29 + 3.2)
 
 
 def test_the_retry_rule():

@@ -104,6 +104,12 @@ def test_failed_job_retry_and_runpods_own_sdk(endpoint_factory, monkeypatch):
     output = job.output(timeout=300)
     assert job.status() == "COMPLETED" and output["frame_num"] == 17 and output["seed"] == SDK_INPUT["seed"]
     assert client.wait(job.job_id, timeout_s=10) == output  # a real worker's output reads as a JobOutput
+    # The dev endpoint's /health shows each live worker's cold-start report.
+    reports = endpoint.health()["coldStart"]
+    assert len(reports) == 1 and set(reports) <= set(endpoint.stats().worker_pids)
+    (report,) = reports.values()
+    assert report["memory_plan"].startswith("resident") and report["quantization"] == "none"
+    assert {"load", "place", "attention_check", "total"} <= set(report["seconds"])
     with pytest.raises(ApiError) as not_retryable:
         client.retry(job.job_id)
     assert not_retryable.value.status == 400 and "only FAILED or TIMED_OUT" in str(not_retryable.value)

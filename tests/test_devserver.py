@@ -262,7 +262,8 @@ def test_runsync_answers_after_its_wait_with_the_job_still_queued(ep):
 def test_health_shape_and_purge(ep):
     call(ep, "POST", "/v2/dev/run", {"input": {}})
     health = call(ep, "GET", "/v2/dev/health").json()
-    assert set(health) == {"jobs", "workers"} and health["jobs"]["inQueue"] >= 1
+    assert set(health) == {"jobs", "workers", "coldStart"} and health["jobs"]["inQueue"] >= 1
+    assert health["coldStart"] == {}  # no worker started (spawn_workers=False): no report yet
     assert set(health["workers"]) == {"idle", "initializing", "ready", "running", "throttled", "unhealthy"}
     removed = call(ep, "POST", "/v2/dev/purge-queue").json()
     assert removed["removed"] >= 1 and removed["status"] == "completed"

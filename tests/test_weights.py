@@ -33,6 +33,26 @@ def test_fetch_weights_verifies_a_folder(tiny_model, tmp_path):
     assert bad.returncode == 1 and "missing: vae/*.safetensors" in bad.stderr
 
 
+def test_fetch_weights_checks_the_turbo_pair_unless_told_there_is_none(tiny_model, tmp_path):
+    script = [sys.executable, str(ROOT / "builder" / "fetch_weights.py"), "--verify-only", "--dest"]
+    good = subprocess.run(script + [str(tiny_model)], capture_output=True, text=True)
+    assert "turbo LoRA pair: wan2.2_i2v_A14b_high_noise_lora_rank4" in good.stdout
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model, bare, ignore=shutil.ignore_patterns("turbo-lora"))
+    missing = subprocess.run(script + [str(bare)], capture_output=True, text=True)
+    assert (
+        missing.returncode == 1
+        and "turbo LoRA pair incomplete: " in missing.stderr
+        and "bare/turbo-lora" in missing.stderr
+    )
+    quality_only = subprocess.run(script + [str(bare), "--turbo-lora-files", ""], capture_output=True, text=True)
+    assert quality_only.returncode == 0 and "turbo LoRA" not in quality_only.stdout
+    swapped = subprocess.run(
+        script + [str(bare), "--turbo-lora-files", "a_low_noise.st,b_high_noise.st"], capture_output=True, text=True
+    )
+    assert swapped.returncode == 2 and "the *high_noise* file first" in swapped.stderr
+
+
 def _cache_snapshot(hf_home: Path, repo_id: str, source: Path) -> Path:
     """Lay out a Hugging Face cache entry by hand, as a build-time download leaves it."""
     repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"

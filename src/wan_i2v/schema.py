@@ -9,6 +9,7 @@ builds its answer as a `JobOutput`; the client and the batch index read answers 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, get_args, get_origin
 
@@ -31,6 +32,35 @@ MAX_PROMPT_CHARS = 5000
 FRAME_MIN, FRAME_MAX = 17, 161
 SEED_MAX = 2**32 - 1
 IMAGE_FORMS = "an http(s) URL, raw base64, or a data:image/...;base64, URI (JPEG, PNG, WebP or GIF)"
+
+
+@dataclass(frozen=True)
+class ModeRules:
+    """What a mode allows: its step range and defaults, and whether guidance is fixed to 1."""
+
+    steps: tuple[int, int]
+    default_steps: int
+    default_guidance: float
+    guidance_fixed: bool  # the distilled LoRA was trained without guidance: only 1 (or absent) is accepted
+
+
+# quality: Wan2.2's own sampler. turbo: the 4-step distilled LoRA pair (lightx2v), one forward per step.
+MODES = {
+    "quality": ModeRules(steps=(15, 50), default_steps=30, default_guidance=3.5, guidance_fixed=False),
+    "turbo": ModeRules(steps=(2, 8), default_steps=4, default_guidance=1.0, guidance_fixed=True),
+}
+Mode = Literal["quality", "turbo"]
+GUIDANCE_FIELDS = ("guidance_scale", "guidance_scale_2")
+
+
+def _guidance_field(expert: str):
+    return Field(
+        None,
+        ge=1.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description=f"Guidance of the {expert} expert (1 turns it off). Turbo runs without guidance: only 1.",
+    )
 
 
 def valid_frame_counts() -> list[int]:
@@ -58,7 +88,18 @@ class JobInput(BaseModel):
         description="Output area: 480p is 832x480, 720p is 1280x720. The video keeps the image's "
         "aspect ratio at that area, each side a multiple of 16; the image is resized and centre-cropped.",
     )
-    sample_steps: int = Field(30, ge=15, le=50, description="Denoising steps. More is slower and finer.")
+    mode: Mode | None = Field(
+        None,
+        description="`quality`: Wan2.2's own sampler with guidance. `turbo`: the 4-step distilled LoRA pair, "
+        "one forward per step, no guidance; several times faster. Absent: the worker's default "
+        "(`WAN_DEFAULT_MODE`, quality unless the operator sets turbo).",
+    )
+    sample_steps: int | None = Field(
+        None,
+        ge=min(r.steps[0] for r in MODES.values()),
+        le=max(r.steps[1] for r in MODES.values()),
+        description="Denoising steps. More is slower and finer.",
+    )
     frame_num: int = Field(
         81, ge=FRAME_MIN, le=FRAME_MAX, description="Frames in the video; must be 4n+1 (81 is 5 s at 16 fps)."
     )
@@ -66,12 +107,8 @@ class JobInput(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=SEED_MAX, description="Random seed. Absent means random; the seed used is always returned."
     )
-    guidance_scale: float = Field(
-        3.5, ge=1.0, le=10.0, allow_inf_nan=False, description="Guidance of the high-noise expert (1 turns it off)."
-    )
-    guidance_scale_2: float = Field(
-        3.5, ge=1.0, le=10.0, allow_inf_nan=False, description="Guidance of the low-noise expert (1 turns it off)."
-    )
+    guidance_scale: float | None = _guidance_field("high-noise")
+    guidance_scale_2: float | None = _guidance_field("low-noise")
     shift: float = Field(5.0, ge=1.0, le=20.0, allow_inf_nan=False, description="Flow-matching timestep shift.")
     last_image: str | None = Field(
         None,
@@ -92,6 +129,42 @@ class JobInput(BaseModel):
             nearest = [n for n in (below, below + 4) if FRAME_MIN <= n <= FRAME_MAX]
             raise ValueError(f"must be 4n+1; nearest valid: {' or '.join(map(str, nearest))}")
         return value
+
+    def settled(self, default_mode: Mode = "quality") -> JobInput:
+        """This job with its mode and the mode's defaults filled in; InputError if a field breaks the mode's rules.
+
+        The mode-dependent fields are optional in the schema because their defaults depend on the mode,
+        and the mode may come from the worker (`WAN_DEFAULT_MODE`).
+        """
+        mode = self.mode or default_mode
+        rules = MODES[mode]
+        problems = []
+        low, high = rules.steps
+        if self.sample_steps is not None and not low <= self.sample_steps <= high:
+            problems.append(
+                f"sample_steps: {self.sample_steps} is not allowed in {mode} mode, "
+                f"allowed: {allowed_values('sample_steps')}"
+            )
+        if rules.guidance_fixed:
+            for name in GUIDANCE_FIELDS:
+                value = getattr(self, name)
+                if value is not None and value != 1.0:
+                    problems.append(
+                        f"{name}: {value!r} is not allowed in {mode} mode, allowed: 1 or absent (the {mode} LoRA "
+                        "was distilled to run without guidance; send mode 'quality' to use guidance)"
+                    )
+        if problems:
+            raise InputError("; ".join(problems))
+        return self.model_copy(
+            update={
+                "mode": mode,
+                "sample_steps": self.sample_steps if self.sample_steps is not None else rules.default_steps,
+                **{
+                    n: getattr(self, n) if getattr(self, n) is not None else rules.default_guidance
+                    for n in GUIDANCE_FIELDS
+                },
+            }
+        )
 
 
 FIELD_NAMES = tuple(JobInput.model_fields)
@@ -147,6 +220,24 @@ class Timings(BaseModel):
     encode_mp4: float
     upload: float
     total: float
+    mode_switch: float = Field(
+        0.0, description="Seconds spent putting the experts in this job's mode when it is not the worker's default."
+    )
+
+
+class EngineReport(BaseModel):
+    """How the worker ran the job (what the operator's settings and the GPU chose)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    quantization: str = Field(description="`fp8`, `int8` or `none` (bf16/fp32 experts).")
+    memory_plan: str = Field(description="`resident`, `swap` or `offload`.")
+    attention: str = Field(description="The attention backend used.")
+    compiled: bool = Field(description="Whether the transformer blocks ran compiled.")
+    step_cache: str = Field(description="The step cache that ran (`none` when off or in turbo mode).")
+    text_cache_hits: int = Field(
+        description="How many of the job's texts (prompt, negative prompt) came from the cache."
+    )
 
 
 class JobOutput(BaseModel):
@@ -167,6 +258,7 @@ class JobOutput(BaseModel):
     generation_time: float = Field(description="Seconds the whole job took on the worker (same as `timings.total`).")
     video_size_mb: float = Field(description="Size of the MP4 in MiB.")
     resolution: Literal["480p", "720p"] = Field(description="The job's `resolution`.")
+    mode: Mode = Field("quality", description="The mode the job ran in.")
     sample_steps: int = Field(description="The job's `sample_steps`.")
     frame_num: int = Field(description="Frames in the video.")
     width: int = Field(description="Video width in pixels (the image's aspect ratio at the resolution's area).")
@@ -178,7 +270,14 @@ class JobOutput(BaseModel):
         description="Where `video_url` points: the bucket, the worker's disk, or inline."
     )
     timings: Timings = Field(
-        description="Seconds per phase: " + ", ".join(f"`{p.value}`" for p in Phase) + ", and `total`."
+        description="Seconds per phase: "
+        + ", ".join(f"`{p.value}`" for p in Phase)
+        + ", `mode_switch` (0 in the worker's default mode), and `total`."
+    )
+    engine: EngineReport | None = Field(
+        None,
+        description="How the worker ran it: `quantization`, `memory_plan`, `attention`, `compiled`, `step_cache`, "
+        "`text_cache_hits`.",
     )
 
     def to_json(self) -> dict:
@@ -196,7 +295,9 @@ def output_markdown_table() -> str:
         elif annotation == str | None:
             kind = "string or absent"
         else:
-            kind = {str: "string", int: "integer", float: "number", Timings: "object"}[annotation]
+            kind = {str: "string", int: "integer", float: "number", Timings: "object", EngineReport | None: "object"}[
+                annotation
+            ]
         lines.append(f"| `{name}` | {kind} | {info.description} |")
     return "\n".join(lines)
 
@@ -205,12 +306,15 @@ def allowed_values(name: str) -> str:
     """Describe what a field accepts, from its annotation and constraints."""
     info = JobInput.model_fields[name]
     annotation = info.annotation
+    if annotation == Mode | None:
+        annotation = Mode
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(v) for v in get_args(annotation))
     bounds = {type(m).__name__: m for m in info.metadata}
     kind = {int: "integer", float: "number", bool: "true or false"}.get(annotation)
-    if annotation == int | None:
-        kind = "integer"
+    kind = kind or {int | None: "integer", float | None: "number"}.get(annotation)
+    if name == "sample_steps":
+        return " or ".join(f"integer from {r.steps[0]} to {r.steps[1]} ({m})" for m, r in MODES.items())
     if kind in ("integer", "number") and "Ge" in bounds and "Le" in bounds:
         text = f"{kind} from {bounds['Ge'].ge} to {bounds['Le'].le}"
         if name == "frame_num":
@@ -240,14 +344,18 @@ def _message(error: dict) -> str:
     return f"{name}: {_shown(error.get('input'))} is not allowed ({problem}), allowed: {allowed_values(name)}"
 
 
-def parse_job_input(raw: Any) -> JobInput:
-    """Validate a job's `input`; raise InputError naming every bad field ("field: problem" joined by "; ")."""
+def parse_job_input(raw: Any, default_mode: Mode = "quality") -> JobInput:
+    """Validate a job's `input` and settle its mode's defaults (see `JobInput.settled`).
+
+    Raises InputError naming every bad field ("field: problem" joined by "; ").
+    """
     if not isinstance(raw, dict):
         raise InputError(f"input: must be a JSON object with at least 'image', got {type(raw).__name__}")
     try:
-        return JobInput.model_validate(raw)
+        request = JobInput.model_validate(raw)
     except ValidationError as exc:
         raise InputError("; ".join(_message(e) for e in exc.errors())) from None
+    return request.settled(default_mode)
 
 
 def _default_text(name: str) -> str:
@@ -256,6 +364,12 @@ def _default_text(name: str) -> str:
         return "required"
     if name == "negative_prompt":
         return "Wan2.2 default"
+    if name == "mode":
+        return "worker's (`quality`)"
+    if name == "sample_steps":
+        return " / ".join(f"`{r.default_steps}` ({m})" for m, r in MODES.items())
+    if name in GUIDANCE_FIELDS:
+        return " / ".join(f"`{r.default_guidance}` ({m})" for m, r in MODES.items())
     if info.default is None:
         return "none" if name != "seed" else "random"
     if isinstance(info.default, bool):

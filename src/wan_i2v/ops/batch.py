@@ -25,7 +25,7 @@ from typing import Self
 from pydantic import ValidationError
 
 from ..files import written_whole
-from ..schema import JobOutput
+from ..schema import GUIDANCE_FIELDS, MODES, JobOutput
 from .api import ApiError
 from .client import Client, OutputError, download, read_output
 from .handoff import send, send_lock
@@ -95,14 +95,18 @@ def estimate_seconds(fields: dict, measured: list[tuple[dict, float]] = ()) -> f
     same = [seconds for other, seconds in measured if _shape(other) == shape]
     if same:
         return sum(same) / len(same)
-    resolution, steps, frames = shape[0], shape[1], shape[2]
-    guided = (fields.get("guidance_scale", 3.5) > 1) + (fields.get("guidance_scale_2", 3.5) > 1)
+    resolution, steps, frames, mode = shape
+    rules = MODES[mode]
+    guided = sum(fields.get(name, rules.default_guidance) > 1 for name in GUIDANCE_FIELDS)
     forwards = steps * (1 + guided / 2)
     return forwards * FORWARD_S[resolution] * frames / 81 + DECODE_S[resolution] * frames / 81
 
 
 def _shape(fields: dict) -> tuple:
-    return (fields.get("resolution", "480p"), fields.get("sample_steps", 30), fields.get("frame_num", 81))
+    """(resolution, steps, frames, mode); a job without a mode counts as quality (the workers' usual default)."""
+    mode = fields.get("mode") if fields.get("mode") in MODES else "quality"
+    steps = fields.get("sample_steps", MODES[mode].default_steps)
+    return (fields.get("resolution", "480p"), steps, fields.get("frame_num", 81), mode)
 
 
 def print_plan(jobs: list[PlannedJob], measured: list[tuple[dict, float]], price: float, out=None) -> float:

@@ -1,10 +1,17 @@
-"""The Wan2.2 I2V-A14B diffusers pipeline: find the weights, load once, generate frames per job.
+"""The Wan2.2 I2V-A14B pipeline, prepared once per worker and run per job.
 
-`generate` follows the steps of diffusers' WanImageToVideoPipeline.__call__ with two changes that
-matter to a service: each expert's guidance is honoured on its own (diffusers decides classifier-free
+`Engine.load` finds the weights and `Engine.prepare` makes them fast, each step timed in the
+cold-start report: the turbo LoRA pair is read and, when turbo is the default mode, fused into the
+experts; the experts are quantised (fp8/int8); a memory plan places the models; the attention backend
+is checked; the repeated blocks are compiled against a persistent cache and warmed up.
+
+`generate` follows the steps of diffusers' WanImageToVideoPipeline.__call__ with changes that matter
+to a service: each expert's guidance is honoured on its own (diffusers decides classifier-free
 guidance from the high-noise scale alone, so `guidance_scale=1, guidance_scale_2=3.5` would silently
-drop guidance, and a scale of 1 would still pay for the unconditional pass), and every phase is
-timed and reported. The engine knows nothing of buckets, jobs or HTTP.
+drop guidance, and a scale of 1 would still pay for the unconditional pass); text embeddings come
+from a cache; turbo jobs run the distilled Euler schedule; a job of the mode that is not fused runs
+with the turbo LoRA attached (added, or taken back out) for that job only; and every phase is timed.
+The engine knows nothing of buckets, jobs or HTTP.
 """
 
 from __future__ import annotations
@@ -13,21 +20,33 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ModelNotFoundError, OutOfMemoryError
-from ..schema import Phase
+from ..errors import InputError, ModelNotFoundError, OutOfMemoryError, SettingsError
+from ..schema import FRAME_MIN, MODES, RESOLUTION_AREAS, WAN_NEGATIVE_PROMPT, Phase
+from .attention import AttentionChoice, apply_attention, pick_attention
+from .coldstart import ColdStart
+from .compile import CompileCache, compile_experts, pick_compile
+from .lora import Attached, fuse
+from .memory import MemoryPlan, Parking, choose_plan, module_bytes, quantised_bytes
+from .prompt_cache import PromptCache
+from .quantize import pick_quant, quantize_expert
+from .settings import EngineOptions, parse_step_cache
 from .timing import timed
-from .weights import resolve_model
+from .turbo import TurboPair, load_pair, turbo_scheduler
+from .weights import find_pair, missing_message, resolve_model
 
 log = logging.getLogger(__name__)
 
 HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
 TEXT_TOKENS = 512  # Wan2.2 text_len
+TEXT_ENCODER = "text_encoder"
 
 # Receives the phase the engine enters (text encode, condition encode, VAE decode), and for each
 # denoising step Phase.DENOISE with step=i, total_steps=n, expert="high_noise" | "low_noise".
@@ -46,13 +65,15 @@ class GenerationParams:
     guidance_scale_2: float
     shift: float
     seed: int
+    mode: str = "quality"
 
 
 @dataclass
 class Generated:
     frames: np.ndarray  # (num_frames, height, width, 3) uint8 RGB
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per Phase value
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per Phase value, and mode_switch
     experts: list[str] = field(default_factory=list)  # the expert that ran each step
+    report: dict = field(default_factory=dict)  # how it ran (schema.EngineReport)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -61,20 +82,36 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_placement(device: torch.device, requested: str = "auto") -> str:
-    """'resident' keeps every model on the GPU; 'model_offload' moves each to the GPU only while it runs.
-
-    All of Wan2.2 I2V-A14B resident takes 64.5 GiB before a job and runs out of memory at 720p on an
-    80 GB GPU (measured on an H100 80GB), so 'auto' keeps it resident only on GPUs of at least 100 GiB.
-    """
-    if requested != "auto":
-        if requested not in ("resident", "model_offload"):
-            raise ValueError(f"WAN_PLACEMENT={requested!r}; allowed: auto, resident, model_offload")
-        return requested
+def _free_bytes(device: torch.device) -> int:
+    """Free GPU memory plus what this process already holds (a pipeline built on the GPU counts as free)."""
     if device.type != "cuda":
-        return "resident"
-    total = torch.cuda.get_device_properties(device).total_memory
-    return "resident" if total >= 100 * 1024**3 else "model_offload"
+        return 0
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_allocated(device)
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    """The experts' and text embeddings' dtype: bf16 on a GPU, fp32 on the CPU (tests)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _vae_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[requested]
+
+
+def load_pipeline(path: Path, device: torch.device, options: EngineOptions):
+    """The diffusers pipeline from a local folder, on the CPU, in the dtypes this device runs."""
+    import diffusers
+    import transformers
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    dtype = _compute_dtype(device)
+    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=_vae_dtype(options.vae_dtype, device))
+    return WanImageToVideoPipeline.from_pretrained(path, vae=vae, dtype=dtype)
 
 
 def _predict(model, model_input: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -82,30 +119,52 @@ def _predict(model, model_input: torch.Tensor, timestep: torch.Tensor, text_embe
 
 
 class Engine:
-    """One loaded pipeline. Built once per worker; `generate` keeps no state between jobs."""
+    """One prepared pipeline. Built once per worker; `generate` leaves it as it found it."""
 
-    def __init__(self, pipe, device: torch.device, placement: str, model: str, load_seconds: float):
-        self.pipe = pipe
-        self.device = device
-        self.placement = placement
-        self.model = model
-        self.load_seconds = load_seconds
+    def __init__(
+        self,
+        pipe,
+        device: torch.device,
+        compute_dtype: torch.dtype,
+        model: str,
+        options: EngineOptions,
+        turbo: TurboPair | None,
+        turbo_misses: list[str],
+        plan: MemoryPlan,
+        quant: str,
+        attention: AttentionChoice,
+        compiled: str,
+        parked: dict[str, Parking],
+        cold_start: ColdStart,
+    ):
+        self.pipe, self.device, self.compute_dtype = pipe, device, compute_dtype
+        self.model, self.options = model, options
+        self.default_mode = options.default_mode
+        self.experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
+        self.turbo, self.turbo_misses = turbo, turbo_misses
+        self.plan, self.quant, self.attention, self.compiled = plan, quant, attention, compiled
+        self.parked = parked
+        self.prompts = PromptCache(options.prompt_cache)
+        self.step_cache = parse_step_cache(options.step_cache)
+        self.cold_start = cold_start
+
+    # ---- cold start ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: str, options: EngineOptions | None = None) -> Engine:
+        options = options or EngineOptions()
+        cold = ColdStart()
+        with cold.step("load"):
+            path = resolve_model(model)
+            device = pick_device(options.device)
+            pipe = load_pipeline(path, device, options)
+        return cls.prepare(pipe, options, model=model, model_path=path, cold=cold)
 
     @classmethod
-    def load(cls, model: str, device: str | None = None, placement: str = "auto") -> Engine:
-        import diffusers
-        import transformers
-        from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
-        start = time.perf_counter()
-        path = resolve_model(model)
-        target = pick_device(device)
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-        # The VAE stays in fp32, as Wan2.2 and the diffusers examples run it.
-        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=torch.float32)
-        pipe = WanImageToVideoPipeline.from_pretrained(path, vae=vae, dtype=dtype)
+    def prepare(
+        cls, pipe, options: EngineOptions, model: str, model_path: Path | None = None, cold: ColdStart | None = None
+    ) -> Engine:
+        """Make a loaded pipeline ready to serve (also used by bench/, on a pipeline built on the GPU)."""
+        cold = cold or ColdStart()
         if pipe.transformer is None or pipe.transformer_2 is None or pipe.config.boundary_ratio is None:
             raise ModelNotFoundError(
                 f"WAN_MODEL={model!r} is not a two-expert Wan2.2 I2V pipeline (needs transformer, "
@@ -116,15 +175,129 @@ class Engine:
                 f"WAN_MODEL={model!r}: scheduler {type(pipe.scheduler).__name__} has no flow_shift"
             )
         pipe.set_progress_bar_config(disable=True)
-        chosen = pick_placement(target, placement)
-        if chosen == "model_offload":
-            pipe.enable_model_cpu_offload(device=target)
-        else:
-            pipe.to(target)
-        seconds = time.perf_counter() - start
-        log.info("loaded %s on %s (%s, %s) in %.1f s", model, target, dtype, chosen, seconds)
-        return cls(pipe, target, chosen, model, seconds)
+        device = pick_device(options.device)
+        quant = pick_quant(options.quant, device)
+        how = pick_compile(options.compile, device)
+        parse_step_cache(options.step_cache)
+        experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
+        dtype = pipe.transformer.dtype  # what the experts compute in (bf16 on a GPU); read before quantising
 
+        files, misses = find_pair(options.turbo_lora, model_path)
+        if options.default_mode == "turbo" and files is None:
+            raise SettingsError(f"WAN_DEFAULT_MODE=turbo: {missing_message(misses)}")
+        turbo = None
+        if files is not None:
+            with cold.step("lora_load"):
+                turbo = load_pair(files, experts)
+        plan = choose_plan(
+            options.memory_plan,
+            device,
+            _free_bytes(device),
+            quantised_bytes(pipe.transformer, quant),
+            module_bytes(pipe.text_encoder),
+            module_bytes(pipe.vae),
+            pipe.vae.dtype.itemsize,
+        )
+        # One expert at a time: onto the device, the default mode's LoRA fused in there (fast, in fp32),
+        # quantised, and under the swap plan the low-noise one parked before anything else arrives.
+        parked: dict[str, Parking] = {}
+        work_device = device if plan.name != "offload" else torch.device("cpu")  # offload: hooks move it later
+        quantised = 0
+        for side, expert in experts.items():
+            with cold.step("place"):
+                expert.to(work_device)
+            if options.default_mode == "turbo":
+                with cold.step("lora_fusion"):
+                    fuse(expert, turbo.experts[side], 1.0)
+            if quant != "none":
+                with cold.step("quantise"):
+                    quantised += quantize_expert(expert, quant)
+            if plan.name == "swap":
+                with cold.step("place"):
+                    parked[side] = Parking(expert, device, park_now=side == LOW_NOISE)
+        if quant != "none":
+            cold.facts["quantised_linears"] = quantised
+        with cold.step("place"):
+            parked.update(_place_rest(pipe, plan, device))
+        if turbo is not None:  # kept on the device, ready to attach for a job of the other mode
+            turbo = TurboPair(turbo.files, {s: e.to(device, dtype) for s, e in turbo.experts.items()})
+
+        config = pipe.transformer.config
+        with cold.step("attention_check"):
+            attention = pick_attention(
+                device, dtype, config.num_attention_heads, config.attention_head_dim, options.attention
+            )
+            apply_attention(list(experts.values()), attention)
+
+        cache = CompileCache(options.compile_cache if how != "off" else None)
+        cold.facts.update(
+            device=str(device),
+            default_mode=options.default_mode,
+            turbo_lora=", ".join(str(p) for p in files.values()) if files else "not found (" + "; ".join(misses) + ")",
+            memory_plan=f"{plan.name} (text encoder {'on demand' if plan.text_encoder_on_demand else 'resident'}, "
+            f"VAE tiling {'on' if plan.vae_tiling else 'off'}; {plan.reason})",
+            quantization=quant,
+            attention=f"{attention.backend} (relative L2 {attention.error:.2g} against math attention)",
+            compile=how,
+            compile_cache=cache.state() if how != "off" else "unused (not compiling)",
+            step_cache=options.step_cache,
+            vae_dtype=str(pipe.vae.dtype).removeprefix("torch."),
+        )
+        if how != "off":
+            with cold.step("compile"):
+                cache.activate()
+                compile_experts(list(experts.values()), how)
+
+        engine = cls(pipe, device, dtype, model, options, turbo, misses, plan, quant, attention, how, parked, cold)
+        if options.warmup == "on" or (options.warmup == "auto" and how != "off"):
+            with cold.step("warmup"):
+                engine.warm_up()
+                saved = cache.save() if how != "off" else 0
+            if saved:
+                cold.facts["compile_cache_saved_bytes"] = saved
+        log.info("%s", cold.table())
+        return engine
+
+    def warm_up(self) -> None:
+        """One small generation per mode this worker serves, so that no user job pays for compiling.
+
+        Both experts run (the fewest steps whose plan reaches the low-noise expert), at 480p and the fewest
+        frames; with dynamic shapes that graph serves every resolution and frame count.
+        """
+        width, height = RESOLUTION_AREAS["480p"]
+        image = Image.new("RGB", (width, height), (128, 128, 128))
+        modes = [self.default_mode] + [m for m in MODES if m != self.default_mode and self.turbo is not None]
+        for mode in modes:
+            rules = MODES[mode]
+            # Fewer steps than a job may ask for: compiling needs each expert once, not the whole schedule.
+            steps = next((n for n in range(2, 51) if LOW_NOISE in self.expert_plan(n, 5.0, mode)), rules.steps[0])
+            params = GenerationParams(
+                prompt="warm-up",
+                negative_prompt=WAN_NEGATIVE_PROMPT,
+                width=width,
+                height=height,
+                num_frames=FRAME_MIN,
+                steps=steps,
+                guidance_scale=rules.default_guidance,
+                guidance_scale_2=rules.default_guidance,
+                shift=5.0,
+                seed=0,
+                mode=mode,
+            )
+            started = time.perf_counter()
+            self.generate(params, image)
+            log.info("warm-up (%s, %d steps) took %.1f s", mode, steps, time.perf_counter() - started)
+
+    def describe(self) -> dict:
+        """What the operator's settings and the device chose, for each job's `engine` report."""
+        return {
+            "quantization": self.quant,
+            "memory_plan": self.plan.name,
+            "attention": self.attention.backend,
+            "compiled": self.compiled != "off",
+        }
+
+    # ---- per job ------------------------------------------------------------------------------------
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -139,19 +312,21 @@ class Engine:
     def boundary_timestep(self) -> float:
         return self.pipe.config.boundary_ratio * self.pipe.scheduler.config.num_train_timesteps
 
-    def expert_plan(self, steps: int, shift: float) -> list[str]:
+    def expert_plan(self, steps: int, shift: float, mode: str = "quality") -> list[str]:
         """Which expert runs each step of a job with these settings."""
-        scheduler = self._scheduler(shift)
-        scheduler.set_timesteps(steps, device="cpu")
-        return self._experts_for(scheduler.timesteps)
+        return self._experts_for(self._scheduler(mode, shift, steps, "cpu").timesteps)
 
     def _experts_for(self, timesteps: torch.Tensor) -> list[str]:
         # Wan2.2: the high-noise expert while t >= boundary_ratio * num_train_timesteps, then the low-noise one.
         return [HIGH_NOISE if t >= self.boundary_timestep else LOW_NOISE for t in timesteps]
 
-    def _scheduler(self, shift: float):
-        # A fresh scheduler per job: schedulers keep step state, and the shift is a job input.
-        return type(self.pipe.scheduler).from_config(self.pipe.scheduler.config, flow_shift=shift)
+    def _scheduler(self, mode: str, shift: float, steps: int, device):
+        """A fresh scheduler per job (schedulers keep step state, and the shift is a job input)."""
+        if mode == "turbo":
+            return turbo_scheduler(shift, steps, device)
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config, flow_shift=shift)
+        scheduler.set_timesteps(steps, device=device)
+        return scheduler
 
     @torch.inference_mode()
     def generate(
@@ -161,41 +336,102 @@ class Engine:
         last_image: Image.Image | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Generated:
+        attached: dict[str, Attached] = {}
         try:
-            return self._generate(params, image, last_image, on_progress or (lambda phase, **detail: None))
+            timings: dict[str, float] = {}
+            with timed(timings, "mode_switch", self._sync):
+                attached = self._switch_to(params.mode)
+            if not attached:
+                timings["mode_switch"] = 0.0
+            return self._generate(
+                params, image, last_image, on_progress or (lambda phase, **d: None), attached, timings
+            )
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(
                 f"the GPU ran out of memory at {params.width}x{params.height}, {params.num_frames} frames; "
                 "this worker will be replaced. Try 480p or fewer frames."
             ) from exc
         finally:
+            for name, adapter in attached.items():
+                parking = self.parked.get(name)
+                adapter.detach(parked=parking is not None and not parking.on_device and parking.discards)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _generate(self, p: GenerationParams, image, last_image, report: ProgressCallback) -> Generated:
-        pipe, timings = self.pipe, {}
+    def _switch_to(self, mode: str) -> dict[str, Attached]:
+        """The adapters that put the experts in `mode` for one job (none in the default mode).
+
+        The default mode's weights are the experts' own (turbo fused in when turbo is the default). A turbo
+        job on a quality worker attaches the pair; a quality job on a turbo worker attaches it with scale
+        -1, which takes the fused delta back out without touching (possibly quantised) weights.
+        """
+        if mode == self.default_mode:
+            return {}
+        if self.turbo is None:
+            raise InputError(f"mode: 'turbo' is not available on this worker: {missing_message(self.turbo_misses)}")
+        scale = 1.0 if mode == "turbo" else -1.0
+        return {side: Attached(self.experts[side], self.turbo.experts[side], scale) for side in self.experts}
+
+    def _use(self, name: str, attached: dict[str, Attached]):
+        """The expert `name`, on the device (swapping it in for the other under the swap plan), adapters patched."""
+        parking = self.parked.get(name)
+        if parking is not None and not parking.on_device:
+            for other, other_parking in self.parked.items():
+                if other in self.experts and other != name and other_parking.on_device:
+                    if other in attached:  # a parked copy is dropped, or (quantised) moved: then restore first
+                        attached[other].restore_params(parked=other_parking.discards)
+                    other_parking.park()
+            parking.fetch()
+        if parking is not None:
+            parking.ready()
+        if name in attached:
+            attached[name].patch_params()
+        return self.experts[name]
+
+    def _embed(self, texts: list[str]) -> tuple[list[torch.Tensor], int]:
+        """Embeddings of `texts` (cached ones from the cache) and how many came from the cache."""
+        found = [self.prompts.lookup(text) for text in texts]
+        missing = [text for text, embedding in zip(texts, found, strict=True) if embedding is None]
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            encoder = self.parked.get(TEXT_ENCODER)
+            if encoder is not None:
+                encoder.fetch()
+                encoder.ready()
+            try:
+                for text in dict.fromkeys(missing):  # one at a time: an embedding never depends on its batch
+                    fresh[text] = self.pipe._get_t5_prompt_embeds(
+                        prompt=[text], max_sequence_length=TEXT_TOKENS, device=self.pipe._execution_device
+                    ).to(self.compute_dtype)
+                    self.prompts.put(text, fresh[text])
+            finally:
+                if encoder is not None:
+                    encoder.park()
+        embeddings = [e if e is not None else fresh[t] for t, e in zip(texts, found, strict=True)]
+        return embeddings, len(texts) - len(missing)
+
+    def _cache_context(self, model, name: str, active: bool):
+        return model.cache_context(name) if active else nullcontext()
+
+    def _generate(
+        self, p: GenerationParams, image, last_image, report: ProgressCallback, attached, timings
+    ) -> Generated:
+        pipe = self.pipe
         device = pipe._execution_device
-        transformer_dtype = pipe.transformer.dtype
+        dtype = self.compute_dtype
         guidance = {HIGH_NOISE: p.guidance_scale, LOW_NOISE: p.guidance_scale_2}
-        experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
+        step_cache = self.step_cache is not None and p.mode == "quality"
 
         # 1. Encode the prompt, and the negative prompt only if some expert uses guidance.
-        scheduler = self._scheduler(p.shift)
-        scheduler.set_timesteps(p.steps, device=device)
+        scheduler = self._scheduler(p.mode, p.shift, p.steps, device)
         plan = self._experts_for(scheduler.timesteps)
         needs_negative = any(guidance[e] > 1.0 for e in set(plan))
         report(Phase.TEXT_ENCODE)
         with timed(timings, Phase.TEXT_ENCODE.value, self._sync):
-            prompt_embeds, negative_embeds = pipe.encode_prompt(
-                prompt=p.prompt,
-                negative_prompt=p.negative_prompt,
-                do_classifier_free_guidance=needs_negative,
-                max_sequence_length=TEXT_TOKENS,
-                device=device,
-            )
-            prompt_embeds = prompt_embeds.to(transformer_dtype)
-            if negative_embeds is not None:
-                negative_embeds = negative_embeds.to(transformer_dtype)
+            texts = [p.prompt, p.negative_prompt] if needs_negative else [p.prompt]
+            embeddings, hits = self._embed(texts)
+            prompt_embeds = embeddings[0]
+            negative_embeds = embeddings[1] if needs_negative else None
 
         # 2. Noise and the conditioning latents (first frame, optional last frame, mask).
         generator = torch.Generator("cpu").manual_seed(p.seed)  # same noise on any device
@@ -221,28 +457,55 @@ class Engine:
             )
 
         # 3. Denoise: each step runs the expert its timestep belongs to.
-        with timed(timings, Phase.DENOISE.value, self._sync):
-            for index, (t, expert) in enumerate(zip(scheduler.timesteps, plan, strict=True)):
-                model, scale = experts[expert], guidance[expert]
-                model_input = torch.cat([latents, condition], dim=1).to(transformer_dtype)
-                timestep = t.expand(latents.shape[0])
-                noise = _predict(model, model_input, timestep, prompt_embeds)
-                if scale > 1.0:  # classifier-free guidance, for this expert only
-                    uncond = _predict(model, model_input, timestep, negative_embeds)
-                    noise = uncond + scale * (noise - uncond)
-                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-                report(Phase.DENOISE, step=index + 1, total_steps=len(plan), expert=expert)
+        if step_cache:
+            from diffusers.hooks import FirstBlockCacheConfig
 
-        # 4. Decode the latents to frames.
+            for expert in self.experts.values():
+                expert.enable_cache(FirstBlockCacheConfig(threshold=self.step_cache))
+        try:
+            with timed(timings, Phase.DENOISE.value, self._sync):
+                for index, (t, expert) in enumerate(zip(scheduler.timesteps, plan, strict=True)):
+                    model, scale = self._use(expert, attached), guidance[expert]
+                    model_input = torch.cat([latents, condition], dim=1).to(dtype)
+                    timestep = t.expand(latents.shape[0])
+                    with self._cache_context(model, "cond", step_cache):
+                        noise = _predict(model, model_input, timestep, prompt_embeds)
+                    if scale > 1.0:  # classifier-free guidance, for this expert only
+                        with self._cache_context(model, "uncond", step_cache):
+                            uncond = _predict(model, model_input, timestep, negative_embeds)
+                        noise = uncond + scale * (noise - uncond)
+                    latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                    report(Phase.DENOISE, step=index + 1, total_steps=len(plan), expert=expert)
+        finally:
+            if step_cache:
+                for expert in self.experts.values():
+                    expert.disable_cache()
+
+        # 4. Decode the latents to frames; under the swap plan the high-noise expert comes back meanwhile.
+        self._prefetch_for_next_job(attached)
         report(Phase.VAE_DECODE)
         with timed(timings, Phase.VAE_DECODE.value, self._sync):
             frames = self._decode(latents)
         pipe.maybe_free_model_hooks()
-        return Generated(frames=frames, timings=timings, experts=plan)
+        job_report = {
+            **self.describe(),
+            "step_cache": self.options.step_cache if step_cache else "none",
+            "text_cache_hits": hits,
+        }
+        return Generated(frames=frames, timings=timings, experts=plan, report=job_report)
+
+    def _prefetch_for_next_job(self, attached: dict[str, Attached]) -> None:
+        high, low = self.parked.get(HIGH_NOISE), self.parked.get(LOW_NOISE)
+        if high is None or low is None or high.on_device:
+            return
+        if LOW_NOISE in attached:
+            attached[LOW_NOISE].restore_params(parked=low.discards)
+        low.park()
+        high.fetch(overlap=True)
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
-        vae_device = self.pipe._execution_device if self.placement == "model_offload" else vae.device
+        vae_device = self.pipe._execution_device if self.plan.name == "offload" else vae.device
         latents = latents.to(vae_device, dtype=vae.dtype)
         shape = (1, vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
@@ -250,3 +513,18 @@ class Engine:
         video = vae.decode(latents * std + mean, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _place_rest(pipe, plan: MemoryPlan, device: torch.device) -> dict[str, Parking]:
+    """Put the VAE and the text encoder where the plan says (the experts are placed already)."""
+    if plan.vae_tiling:
+        pipe.vae.enable_tiling()
+    if plan.name == "offload":
+        if device.type == "cuda":
+            pipe.enable_model_cpu_offload(device=device)
+        return {}
+    pipe.vae.to(device)
+    if plan.text_encoder_on_demand:
+        return {TEXT_ENCODER: Parking(pipe.text_encoder, device, park_now=True)}
+    pipe.text_encoder.to(device)
+    return {}

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..bucket import BucketSettings
 from ..errors import InputError, JobError, SettingsError
-from ..schema import SEED_MAX, JobInput, JobOutput, Phase, Timings, parse_job_input, progress_event
+from ..schema import SEED_MAX, EngineReport, JobInput, JobOutput, Phase, Timings, parse_job_input, progress_event
 from .engine import Engine, GenerationParams
 from .hostmem import resident_bytes, trim_heap
 from .images import fit_image, load_image, output_size
@@ -53,7 +53,8 @@ class Worker:
         try:
             if not isinstance(job, dict):
                 raise InputError("job: must be an object with an 'input' object")
-            request, bucket = parse_job_input(job.get("input")), self._bucket_for(job)
+            request = parse_job_input(job.get("input"), self.engine.default_mode)
+            bucket = self._bucket_for(job)
             generating = True
             output = self._run(job, job_id, request, bucket, started)
         except JobError as exc:
@@ -124,6 +125,7 @@ class Worker:
             guidance_scale_2=request.guidance_scale_2,
             shift=request.shift,
             seed=seed,
+            mode=request.mode,
         )
         generated = self.engine.generate(params, image, last, on_progress=lambda *e, **d: self._report(job, *e, **d))
         timings.update(generated.timings)
@@ -145,6 +147,7 @@ class Worker:
             generation_time=total,
             video_size_mb=round(size / 1024 / 1024, 2),
             resolution=request.resolution,
+            mode=request.mode,
             sample_steps=request.sample_steps,
             frame_num=request.frame_num,
             width=width,
@@ -154,6 +157,7 @@ class Worker:
             model=self.settings.model,
             storage=stored.location,
             timings=Timings(**timings, total=total),
+            engine=EngineReport(**generated.report),
         )
 
     def _bucket_for(self, job: dict) -> BucketSettings | None:
@@ -188,18 +192,23 @@ def build_worker(settings: Settings | None = None, progress: ProgressSink | None
     """Cold start: read settings, load the model once, log what was chosen."""
     started = time.perf_counter()
     settings = settings or Settings.from_env()
-    engine = Engine.load(settings.model, settings.device, settings.placement)
+    engine = Engine.load(settings.model, settings.engine)
+    engine.cold_start.write(
+        Path(os.environ["WAN_COLD_START_REPORT"]) if os.environ.get("WAN_COLD_START_REPORT") else None
+    )
     storage = (
         f"bucket '{settings.bucket.bucket_name}' at {settings.bucket.endpoint_url}"
         if settings.bucket
         else f"local directory {settings.output_dir.resolve()} (no bucket configured)"
     )
     log.info(
-        "cold start done in %.1f s: model %s on %s, placement %s; videos go to %s",
+        "cold start done in %.1f s: model %s on %s, default mode %s, memory plan %s, quantization %s; videos go to %s",
         time.perf_counter() - started,
         settings.model,
         engine.device,
-        engine.placement,
+        engine.default_mode,
+        engine.plan.name,
+        engine.quant,
         storage,
     )
     if settings.bucket is None and os.environ.get("RUNPOD_POD_ID"):

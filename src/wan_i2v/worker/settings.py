@@ -13,13 +13,73 @@ from ..errors import SettingsError
 from .netguard import UrlPolicy
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+ON_OFF_AUTO = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the model is loaded and run; each field is a WAN_* variable (README, "Settings")."""
+
+    device: str | None = None  # WAN_DEVICE: cuda, cuda:1, cpu; default: cuda when there is one
+    default_mode: str = "quality"  # WAN_DEFAULT_MODE: the mode of jobs that name none (fused at load)
+    turbo_lora: Path | None = None  # WAN_TURBO_LORA: folder holding the turbo pair; default MODEL/turbo-lora
+    quant: str = "auto"  # WAN_QUANT: auto | fp8 | int8 | none
+    compile: str = "auto"  # WAN_COMPILE: auto | off | dynamic | static
+    compile_cache: Path | None = None  # WAN_COMPILE_CACHE: directory kept across cold starts
+    memory_plan: str = "auto"  # WAN_MEMORY_PLAN: auto | resident | swap | offload
+    attention: str = "auto"  # WAN_ATTENTION: auto, or a diffusers backend name (checked at cold start)
+    step_cache: str = "none"  # WAN_STEP_CACHE: none | fbc:THRESHOLD (quality mode only)
+    vae_dtype: str = "auto"  # WAN_VAE_DTYPE: auto (bf16 on a GPU) | bf16 | fp32
+    prompt_cache: int = 64  # WAN_PROMPT_CACHE: text embeddings kept (0 turns the cache off)
+    warmup: str = "auto"  # WAN_WARMUP: auto (on when compiling) | on | off
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EngineOptions:
+        def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+            value = env.get(name) or default
+            if value not in allowed:
+                raise SettingsError(f"{name}={value!r}: allowed {', '.join(allowed)}")
+            return value
+
+        step_cache = env.get("WAN_STEP_CACHE") or "none"
+        parse_step_cache(step_cache)
+        entries = env_int(env, "WAN_PROMPT_CACHE", cls.prompt_cache)
+        if entries < 0:
+            raise SettingsError(f"WAN_PROMPT_CACHE={entries}: allowed 0 or more")
+        return cls(
+            device=env.get("WAN_DEVICE") or None,
+            default_mode=choice("WAN_DEFAULT_MODE", "quality", ("quality", "turbo")),
+            turbo_lora=Path(env["WAN_TURBO_LORA"]) if env.get("WAN_TURBO_LORA") else None,
+            quant=choice("WAN_QUANT", "auto", ("auto", "fp8", "int8", "none")),
+            compile=choice("WAN_COMPILE", "auto", ("auto", "off", "dynamic", "static")),
+            compile_cache=Path(env["WAN_COMPILE_CACHE"]) if env.get("WAN_COMPILE_CACHE") else None,
+            memory_plan=choice("WAN_MEMORY_PLAN", "auto", ("auto", "resident", "swap", "offload")),
+            attention=env.get("WAN_ATTENTION") or "auto",
+            step_cache=step_cache,
+            vae_dtype=choice("WAN_VAE_DTYPE", "auto", ("auto", "bf16", "fp32")),
+            prompt_cache=entries,
+            warmup=choice("WAN_WARMUP", "auto", ON_OFF_AUTO),
+        )
+
+
+def parse_step_cache(value: str) -> float | None:
+    """The FirstBlockCache threshold of `WAN_STEP_CACHE` (None when off)."""
+    if value == "none":
+        return None
+    name, _, threshold = value.partition(":")
+    try:
+        number = float(threshold or "0.05")
+    except ValueError:
+        number = -1.0
+    if name != "fbc" or not 0 < number < 1:
+        raise SettingsError(f"WAN_STEP_CACHE={value!r}: allowed none, fbc or fbc:THRESHOLD with 0 < THRESHOLD < 1")
+    return number
 
 
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
-    device: str | None = None
-    placement: str = "auto"
+    engine: EngineOptions = EngineOptions()
     output_dir: Path = Path("outputs")
     base64_max_mb: float = 7.0
     video_crf: int = 18
@@ -34,8 +94,7 @@ class Settings:
             raise SettingsError(f"WAN_VIDEO_CRF={crf}: allowed 0..51")
         return cls(
             model=env.get("WAN_MODEL") or DEFAULT_MODEL,
-            device=env.get("WAN_DEVICE") or None,
-            placement=env.get("WAN_PLACEMENT", "auto"),
+            engine=EngineOptions.from_env(env),
             output_dir=Path(env.get("WAN_OUTPUT_DIR") or "outputs"),
             base64_max_mb=env_float(env, "WAN_BASE64_MAX_MB", cls.base64_max_mb),
             video_crf=crf,

@@ -109,6 +109,7 @@ class DevEndpoint:
             self._threads[1].join()
             self.server.shutdown()
         self.server.server_close()
+        self.pool.cleanup()
 
     def __enter__(self) -> DevEndpoint:
         return self.start()
@@ -176,8 +177,9 @@ class DevEndpoint:
             return self.queue.purge(self.clock())
 
     def health(self) -> dict:
+        """RunPod's /health counts, and (dev endpoint only) each live worker's cold-start report."""
         with self.cond:
-            return self.queue.health()
+            return {**self.queue.health(), "coldStart": self.pool.cold_starts()}
 
     def set_workers(self, workers: dict) -> dict:
         """PATCH /v2/serverless/{id}: min, max and idleTimeout as RunPod's REST v2 takes them."""

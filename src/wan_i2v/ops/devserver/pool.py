@@ -15,10 +15,12 @@ macOS and Windows have no such signal: there a SIGKILLed dev endpoint still leav
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -57,6 +59,8 @@ class WorkerPool:
         self.processes: dict[str, subprocess.Popen] = {}
         self.started = 0  # in total, so ids are never reused
         self._spawner: int | None = None
+        # Each worker writes its cold-start report here (WAN_COLD_START_REPORT); /health shows them.
+        self._reports = tempfile.TemporaryDirectory(prefix="wan-i2v-cold-starts-")
 
     def start(self) -> str:
         """Starts one worker and returns its id (also its RUNPOD_POD_ID)."""
@@ -74,6 +78,7 @@ class WorkerPool:
             PYTHONUNBUFFERED="1",
             # The SDK's start-up checks would open a connection to 8.8.8.8: a local endpoint stays on loopback.
             RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true",
+            WAN_COLD_START_REPORT=str(self._report_path(worker_id)),
         )
         command = [sys.executable, str(self.handler)]
         if sys.platform.startswith("linux"):
@@ -100,6 +105,22 @@ class WorkerPool:
     def detach(self, worker_ids) -> list[subprocess.Popen]:
         """Takes workers out of the pool for `stop` (which may run outside the lock)."""
         return [self.processes.pop(wid) for wid in list(worker_ids) if wid in self.processes]
+
+    def _report_path(self, worker_id: str) -> Path:
+        return Path(self._reports.name) / f"{worker_id}.json"
+
+    def cold_starts(self) -> dict[str, dict]:
+        """The cold-start reports of the live workers that finished starting."""
+        reports = {}
+        for worker_id in self.processes:
+            try:
+                reports[worker_id] = json.loads(self._report_path(worker_id).read_text())
+            except (OSError, ValueError):
+                continue  # still starting
+        return reports
+
+    def cleanup(self) -> None:
+        self._reports.cleanup()
 
     def pids(self) -> dict[str, int]:
         return {worker_id: process.pid for worker_id, process in self.processes.items()}

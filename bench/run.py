@@ -1,0 +1,438 @@
+"""Benchmark: the plain diffusers call against our engine in each mode, quantisation and memory plan.
+
+    python bench/run.py --smoke                          # CPU, tiny model, seconds (the default test tier runs it)
+    python bench/run.py --rows baseline,turbo-fp8        # GPU, real-size random weights, rows merged into
+                                                         # bench/results/<gpu>.json; each call under 10 minutes
+
+On a GPU it builds the real-size Wan2.2 I2V-A14B pipeline (two 14B experts with the real configs,
+UMT5-XXL, the Wan VAE) with random weights directly on the GPU: no download, and a forward costs the
+same whatever the weights are. Every row runs the same image, prompt and seed. Quality rows run
+`--quality-steps` steps (default 4) and extrapolate to 40 (every step costs the same; the note says
+so); turbo rows run their real 4 steps. Whole jobs go through the worker (`Worker.handle`: fetch,
+encode, denoise, decode, MP4, store) with the MP4 written to local disk: there is no bucket on the
+GPU machine, and the upload is measured by the storage tests instead.
+
+Each row reports per-forward seconds, warm job seconds by phase, the first job's seconds, the
+cold start (prepare: fusion, quantise, compile, warm-up), peak GPU memory, and the relative L2 of its
+decoded frames against the baseline's (the same steps, guidance and seed through diffusers' own
+`WanImageToVideoPipeline.__call__`). `targets` and `baseline` are filled from the rows present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import io
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "builder"))
+
+from tiny_model import build_tokenizer, write_lora_pair, write_tiny_model  # noqa: E402
+
+from wan_i2v.worker.engine import Engine, GenerationParams  # noqa: E402
+from wan_i2v.worker.images import fit_image, load_image  # noqa: E402
+from wan_i2v.worker.job import Worker  # noqa: E402
+from wan_i2v.worker.netguard import UrlPolicy  # noqa: E402
+from wan_i2v.worker.settings import EngineOptions, Settings  # noqa: E402
+from wan_i2v.worker.video import encode_mp4  # noqa: E402
+
+QUALITY_STEPS_FULL = 40
+SIZES = {"480p": (832, 480), "720p": (1280, 720)}
+SMOKE_SIZES = {"480p": (64, 48), "720p": (96, 64)}
+
+# Rows: name -> (mode, engine options, resolutions). "baseline" is the plain diffusers call.
+ROWS = {
+    "baseline": ("baseline", {}, ("480p",)),
+    "quality-bf16": ("quality", {"quant": "none", "compile": "off"}, ("480p",)),
+    "quality-bf16-compiled": ("quality", {"quant": "none", "compile": "dynamic"}, ("480p",)),
+    # static shapes, for the dynamic-vs-static question: same row, specialised on the warm-up's shape
+    "quality-bf16-compiled-static": ("quality", {"quant": "none", "compile": "static"}, ("480p",)),
+    "quality-fp8": ("quality", {"quant": "fp8", "compile": "dynamic"}, ("480p", "720p")),
+    "quality-fp8-fbc": ("quality", {"quant": "fp8", "compile": "dynamic", "step_cache": "fbc:0.05"}, ("480p",)),
+    "quality-int8": ("quality", {"quant": "int8", "compile": "dynamic"}, ("480p",)),
+    "turbo-fp8": ("turbo", {"quant": "fp8", "compile": "dynamic", "default_mode": "turbo"}, ("480p", "720p")),
+    "turbo-bf16-swap": (
+        "turbo",
+        {"quant": "none", "compile": "off", "memory_plan": "swap", "default_mode": "turbo"},
+        ("480p", "720p"),
+    ),
+    "quality-bf16-swap-720p": ("quality", {"quant": "none", "compile": "off", "memory_plan": "swap"}, ("720p",)),
+}
+SMOKE_ROWS = ["baseline", "quality-bf16", "quality-fp8-fbc", "quality-int8", "turbo-fp8", "turbo-bf16-swap"]
+
+
+# ---- the real-size pipeline with random weights ------------------------------------------------------
+def real_expert_config() -> dict:
+    """Wan2.2 I2V-A14B's transformer/config.json (and transformer_2's, identical)."""
+    return dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=40,
+        attention_head_dim=128,
+        in_channels=36,
+        out_channels=16,
+        text_dim=4096,
+        freq_dim=256,
+        ffn_dim=13824,
+        num_layers=40,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=1024,
+    )
+
+
+@torch.no_grad()
+def _randomise(module: torch.nn.Module, seed: int) -> None:
+    """Weights that keep activations in range: 1/sqrt(fan_in) for matrices, ones for norms, zeros for biases."""
+    generator = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    for name, param in module.named_parameters():
+        if param.dim() == 1 and "norm" in name:
+            param.fill_(1.0)
+        elif name.endswith("bias"):
+            param.zero_()
+        else:
+            fan_in = param[0].numel() if param.dim() > 1 else param.numel()
+            param.normal_(0.0, fan_in**-0.5, generator=generator)
+
+
+def build_real_size_pipeline(device: torch.device, layers: int | None = None):
+    """Wan2.2 I2V-A14B at its real size, random weights, built on `device` (no download, about 60 s).
+
+    `layers` cuts the experts and the text encoder to that many layers (every width stays real): a check
+    of this code on a machine without a GPU, not a benchmark.
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    def on_device(factory, seed, dtype):
+        # Built where it runs and in the dtype it runs in: a 14B expert in fp32 would not fit next to the other.
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                module = factory()
+        finally:
+            torch.set_default_dtype(previous)
+        _randomise(module, seed)
+        return module.eval()
+
+    tokenizer = build_tokenizer()  # text content does not change the cost: ids only need to be in the vocabulary
+    text_config = UMT5Config(
+        vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    expert_config = {**real_expert_config(), **({"num_layers": layers} if layers else {})}
+    if layers:
+        text_config.num_layers = layers
+    text_encoder = on_device(lambda: UMT5EncoderModel(text_config), 1, torch.bfloat16)
+    vae = on_device(lambda: AutoencoderKLWan(), 2, torch.float32)
+    experts = [on_device(lambda: WanTransformer3DModel(**expert_config), s, torch.bfloat16) for s in (3, 4)]
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=5.0
+    )
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+        transformer=experts[0], transformer_2=experts[1], boundary_ratio=0.9,
+    )  # fmt: skip
+
+
+# ---- measuring ---------------------------------------------------------------------------------------
+def _image(width: int, height: int) -> str:
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _relative_l2(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return round(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)), 4)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+
+
+class Bench:
+    def __init__(self, smoke: bool, quality_steps: int, frames: int, work: Path):
+        self.smoke, self.quality_steps, self.frames, self.work = smoke, quality_steps, frames, work
+        self.device = torch.device("cpu" if smoke else "cuda")
+        self.sizes = SMOKE_SIZES if smoke else SIZES
+        self.tiny = write_tiny_model(work / "tiny") if smoke else None
+        self.turbo_dir = None if smoke else work / "turbo-lora"
+        self.reference: dict[tuple, np.ndarray] = {}
+
+    def pipeline(self):
+        if self.smoke:
+            from diffusers import WanImageToVideoPipeline
+
+            return WanImageToVideoPipeline.from_pretrained(self.tiny, dtype=torch.float32)
+        pipe = build_real_size_pipeline(self.device)
+        if self.turbo_dir is not None and not self.turbo_dir.is_dir():
+            write_lora_pair(self.turbo_dir, pipe.transformer.config, rank=64, seed=10, std=0.002)
+        return pipe
+
+    def params(self, mode: str, resolution: str, steps: int) -> GenerationParams:
+        width, height = self.sizes[resolution]
+        guidance = 3.5 if mode != "turbo" else 1.0
+        return GenerationParams(
+            prompt="a red fox runs through fresh snow", negative_prompt="blurry, static", width=width, height=height,
+            num_frames=self.frames, steps=steps, guidance_scale=guidance, guidance_scale_2=guidance, shift=5.0,
+            seed=42, mode="turbo" if mode == "turbo" else "quality",
+        )  # fmt: skip
+
+    def baseline(self, resolutions) -> dict:
+        """The plain diffusers call, everything resident (what a user of diffusers gets), quality and turbo shape."""
+        pipe = self.pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        if self.device.type == "cuda":
+            pipe.vae.to(torch.float32)
+            pipe.to(self.device)
+        image = Image.open(io.BytesIO(base64.b64decode(_image(*self.sizes["480p"]).split(",", 1)[1])))
+        result = {}
+        for resolution in resolutions:
+            for mode, steps in (("quality", self.quality_steps), ("turbo-shape", 4)):
+                p = self.params("quality" if mode == "quality" else "turbo", resolution, steps)
+                _reset_peak(self.device)
+                started = time.perf_counter()
+                try:
+                    video = pipe(
+                        image=image.resize((p.width, p.height)), prompt=p.prompt, negative_prompt=p.negative_prompt,
+                        height=p.height, width=p.width, num_frames=p.num_frames, num_inference_steps=p.steps,
+                        guidance_scale=p.guidance_scale, guidance_scale_2=p.guidance_scale_2,
+                        generator=torch.Generator("cpu").manual_seed(p.seed), output_type="np",
+                    ).frames[0]  # fmt: skip
+                except torch.OutOfMemoryError:
+                    result[f"{mode}_{resolution}"] = {"error": "out of memory"}
+                    _free(self.device)
+                    continue
+                seconds = time.perf_counter() - started
+                frames = (np.asarray(video) * 255).round().astype(np.uint8)
+                if mode == "quality":
+                    self.reference[(resolution, steps)] = frames
+                forwards = steps * (2 if p.guidance_scale > 1 else 1)
+                result[f"{mode}_{resolution}"] = {
+                    "steps": steps, "forwards": forwards, "seconds": round(seconds, 2),
+                    "per_forward_s": round(seconds / forwards, 3),  # an upper bound: includes encode and decode
+                    "peak_gib": _peak_gib(self.device),
+                }  # fmt: skip
+        del pipe
+        _free(self.device)
+        return result
+
+    def engine_row(self, mode: str, options: dict, resolutions) -> dict:
+        pipe = self.pipeline()
+        options = {"device": str(self.device), "turbo_lora": self.turbo_dir, "warmup": "auto", **options}
+        if self.smoke:
+            options.pop("turbo_lora")
+            options.update(compile="off", warmup="off")
+            if options.get("quant") == "fp8":
+                options["quant"] = "int8"  # no fp8 on the CPU: the smoke run takes the int8 path instead
+        _reset_peak(self.device)
+        started = time.perf_counter()
+        engine = Engine.prepare(pipe, EngineOptions(**options), model="random-real-size", model_path=self.tiny)
+        row = {"cold_start_s": round(time.perf_counter() - started, 2), "cold_start": engine.cold_start.as_dict()}
+        for resolution in resolutions:
+            steps = 4 if mode == "turbo" else self.quality_steps
+            p = self.params(mode, resolution, steps)
+            uri = _image(p.width, p.height)
+            began = time.perf_counter()
+            image = fit_image(load_image("image", uri, UrlPolicy()), (p.width, p.height))
+            fetch_s = time.perf_counter() - began
+            try:
+                _reset_peak(self.device)
+                began = time.perf_counter()
+                engine.generate(p, image)
+                first_s = time.perf_counter() - began
+                generated = engine.generate(p, image)
+            except Exception as exc:  # out of memory, most likely: the row says so and the next one runs
+                row[resolution] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                _free(self.device)
+                continue
+            began = time.perf_counter()
+            encode_mp4(generated.frames, self.work / "bench.mp4", 16, crf=18)
+            mp4_s = time.perf_counter() - began
+            phases = {**generated.timings, "fetch_image": round(fetch_s, 3), "encode_mp4": round(mp4_s, 3)}
+            forwards = len(generated.experts) * (2 if p.guidance_scale > 1 else 1)
+            entry = {
+                "steps_run": steps,
+                "per_forward_s": round(generated.timings["denoise"] / forwards, 3),
+                "warm_job_phases_s": phases,
+                "first_job_s": round(first_s + fetch_s + mp4_s, 2),
+                "peak_gib": _peak_gib(self.device),
+                "engine": generated.report,
+            }
+            if mode == "quality":
+                fixed = sum(v for k, v in phases.items() if k != "denoise")
+                entry["job_s_at_40_steps"] = round(fixed + generated.timings["denoise"] / steps * QUALITY_STEPS_FULL, 2)
+                entry["note"] = f"ran {steps} steps; job_s_at_40_steps extrapolates the denoise per step to 40"
+            else:
+                entry["job_s"] = round(sum(phases.values()), 2)
+                if not self.smoke:  # and once through the worker itself, the whole job as users get it
+                    worker = Worker(engine, Settings(model="random-real-size", output_dir=self.work / "videos"))
+                    answer = worker.handle(
+                        {
+                            "id": "bench",
+                            "input": {
+                                "image": uri,
+                                "prompt": p.prompt,
+                                "mode": "turbo",
+                                "resolution": resolution,
+                                "frame_num": p.num_frames,
+                                "seed": p.seed,
+                            },
+                        }
+                    )
+                    entry["worker_job"] = answer.get("timings") or answer
+            reference = self.reference.get((resolution, steps))
+            if reference is not None and mode == "quality":
+                entry["rel_l2_vs_baseline"] = _relative_l2(generated.frames, reference)
+            row[resolution] = entry
+        del engine, pipe
+        _free(self.device)
+        return row
+
+
+def gpu_name() -> str:
+    if not torch.cuda.is_available():
+        return "cpu-smoke"
+    return torch.cuda.get_device_name(0).lower().replace(" ", "-")
+
+
+def targets(rows: dict) -> dict:
+    def get(row, resolution, key):
+        return rows.get(row, {}).get(resolution, {}).get(key)
+
+    return {
+        "quality_480p_s": get("quality-fp8-fbc", "480p", "job_s_at_40_steps")
+        or get("quality-fp8", "480p", "job_s_at_40_steps"),
+        "turbo_480p_s": get("turbo-fp8", "480p", "job_s"),
+        "quality_720p_s": get("quality-fp8", "720p", "job_s_at_40_steps"),
+        "turbo_720p_s": get("turbo-fp8", "720p", "job_s"),
+        "cold_start_warm_cache_s": rows.get("cold-start", {}).get("warm_cache_s"),
+        "peak_vram_fp8_720p_gib": get("turbo-fp8", "720p", "peak_gib"),
+        "err_compile": get("quality-bf16-compiled", "480p", "rel_l2_vs_baseline"),
+        "err_fp8": get("quality-fp8", "480p", "rel_l2_vs_baseline"),
+        "err_int8": get("quality-int8", "480p", "rel_l2_vs_baseline"),
+    }
+
+
+def cold_start_row(cache: Path) -> dict:
+    """Cold start (prepare + warm-up of a turbo fp8 worker) in a fresh process, first with an empty
+    compile cache, then with the cache that run left: what a new worker pays with and without it."""
+    result = {}
+    for label in ("empty_cache_s", "warm_cache_s"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--cold-start-child", str(cache)], capture_output=True, text=True, check=True
+        )
+        result[label] = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    return result
+
+
+def cold_start_child(cache: Path) -> None:
+    bench = Bench(False, 4, 81, Path(tempfile.mkdtemp()))
+    started = time.perf_counter()
+    pipe = bench.pipeline()
+    built = time.perf_counter() - started
+    options = EngineOptions(
+        default_mode="turbo", quant="fp8", compile="dynamic", compile_cache=cache, turbo_lora=bench.turbo_dir
+    )
+    engine = Engine.prepare(pipe, options, model="random-real-size")
+    print(json.dumps({"seconds": engine.cold_start.as_dict()["seconds"], "random_weights_built_s": round(built, 1)}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny sizes: checks the benchmark runs")
+    parser.add_argument(
+        "--rows", default=None, help=f"comma-separated rows (default: all); of {', '.join([*ROWS, 'cold-start'])}"
+    )
+    parser.add_argument("--frames", type=int, default=None, help="frames per video (default 81; smoke 5)")
+    parser.add_argument(
+        "--quality-steps", type=int, default=4, help="steps the quality rows run before extrapolating to 40"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results file (default bench/results/<gpu>.json, merged)"
+    )
+    parser.add_argument("--cold-start-child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.cold_start_child is not None:
+        cold_start_child(args.cold_start_child)
+        return 0
+    if not args.smoke and not torch.cuda.is_available():
+        parser.error("no GPU here: run with --smoke for the CPU check, or on a GPU machine")
+    names = args.rows.split(",") if args.rows else (SMOKE_ROWS if args.smoke else [*ROWS, "cold-start"])
+    unknown = [n for n in names if n not in ROWS and n != "cold-start"]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join([*ROWS, 'cold-start'])}")
+    out = args.out or ROOT / "bench" / "results" / f"{gpu_name()}.json"
+    results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
+    frames_file = out.with_suffix(".baseline-frames.npz")  # the baseline's frames, for later calls' relative L2
+    with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp:
+        bench = Bench(args.smoke, args.quality_steps, args.frames or (5 if args.smoke else 81), Path(tmp))
+        if frames_file.is_file() and "baseline" not in names:
+            with np.load(frames_file) as saved:
+                bench.reference = {(k.split("-")[0], int(k.split("-")[1])): saved[k] for k in saved.files}
+        elif "baseline" not in names and any(ROWS[n][0] == "quality" for n in names if n in ROWS):
+            print("note: no baseline frames yet (run the baseline row first): no relative L2", file=sys.stderr)
+        for name in names:
+            started = time.perf_counter()
+            if name == "cold-start":
+                row = cold_start_row(Path(tmp) / "compile-cache")
+            elif name == "baseline":
+                row = bench.baseline(("480p",) if args.smoke else ("480p", "720p"))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(frames_file, **{f"{r}-{n}": f for (r, n), f in bench.reference.items()})
+            else:
+                mode, options, resolutions = ROWS[name]
+                row = bench.engine_row(mode, options, resolutions)
+            row["bench_s"] = round(time.perf_counter() - started, 1)
+            results["rows"][name] = row
+            print(f"{name}: {json.dumps(row, default=str)[:400]}", flush=True)
+    results.update(
+        gpu=gpu_name(),
+        smoke=args.smoke,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        frames=args.frames or (5 if args.smoke else 81),
+        quality_steps_run=args.quality_steps,
+        command=" ".join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+    )
+    results["targets"] = targets(results["rows"])
+    results["baseline"] = results["rows"].get("baseline", {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The cold-start report: how long each step of loading took and what was chosen.
+
+Logged as a table when the worker is ready, written as JSON to `WAN_COLD_START_REPORT` when set (the
+dev endpoint sets it for each worker it starts and shows the reports on its /health).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..files import written_whole
+
+log = logging.getLogger(__name__)
+
+# The steps in the order they run; the report lists those that ran.
+STEPS = ("load", "lora_load", "lora_fusion", "quantise", "place", "attention_check", "compile", "warmup")
+
+
+@dataclass
+class ColdStart:
+    seconds: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        if name not in STEPS:
+            raise ValueError(f"unknown cold-start step {name!r}")
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - began, 3)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+    def as_dict(self) -> dict:
+        return {"seconds": {**self.seconds, "total": self.total()}, **self.facts}
+
+    def table(self) -> str:
+        rows = [f"  {name:<16} {seconds:8.2f} s" for name, seconds in self.seconds.items()]
+        rows.append(f"  {'total':<16} {self.total():8.2f} s")
+        facts = [f"  {name:<16} {value}" for name, value in self.facts.items()]
+        return "\n".join(["cold start:", *rows, *facts])
+
+    def write(self, path: Path | None) -> None:
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with written_whole(path) as tmp:
+                tmp.write_text(json.dumps(self.as_dict(), indent=2, default=str))
+        except OSError as exc:  # the report is for people; it never stops the worker
+            log.warning("cold-start report not written to %s: %s", path, exc)

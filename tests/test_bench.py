@@ -1,0 +1,46 @@
+"""bench/ in its CPU smoke mode: the same code as the GPU run (real-size rows), on the tiny model."""
+
+import json
+import subprocess
+import sys
+
+from helpers import ROOT
+
+TARGETS = {
+    "quality_480p_s",
+    "turbo_480p_s",
+    "quality_720p_s",
+    "turbo_720p_s",
+    "cold_start_warm_cache_s",
+    "peak_vram_fp8_720p_gib",
+    "err_compile",
+    "err_fp8",
+    "err_int8",
+}
+
+
+def test_the_benchmark_smoke_run_writes_results_of_the_gpu_shape(tmp_path):
+    out = tmp_path / "cpu-smoke.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)], check=True, timeout=300
+    )
+    results = json.loads(out.read_text())
+    assert set(results["targets"]) == TARGETS
+    assert results["smoke"] is True and results["frames"] == 5
+    assert {"quality_480p", "turbo-shape_480p"} <= set(results["baseline"])
+    rows = results["rows"]
+    assert {"baseline", "quality-bf16", "quality-fp8-fbc", "quality-int8", "turbo-fp8", "turbo-bf16-swap"} <= set(rows)
+    for name in ("quality-bf16", "quality-int8"):
+        entry = rows[name]["480p"]
+        assert entry["job_s_at_40_steps"] > entry["warm_job_phases_s"]["denoise"] > 0
+        assert entry["rel_l2_vs_baseline"] < 0.02  # our engine against diffusers' own call, same inputs and seed
+    assert rows["quality-bf16"]["480p"]["rel_l2_vs_baseline"] < 0.005
+    assert rows["turbo-bf16-swap"]["480p"]["engine"]["memory_plan"] == "swap"
+    assert rows["turbo-fp8"]["cold_start"]["seconds"]["lora_fusion"] >= 0
+    assert rows["quality-fp8-fbc"]["480p"]["engine"]["step_cache"] == "fbc:0.05"
+    assert results["targets"]["turbo_480p_s"] == rows["turbo-fp8"]["480p"]["job_s"] > 0
+    assert results["targets"]["err_int8"] == rows["quality-int8"]["480p"]["rel_l2_vs_baseline"]
+
+    chart = tmp_path / "chart.png"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "chart.py"), str(out), str(chart)], check=True)
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,54 @@
+"""Compiled blocks with a compile cache, on the tiny model on the CPU (load tier: compiling takes a minute here).
+
+The first cold start compiles during its warm-up and saves the cache; a second worker process with the
+same cache directory reports it warm and spends less in warm-up. Compiled frames match eager ones, and a
+new resolution after the warm-up's does not fail (dynamic shapes).
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import picture
+
+from wan_i2v.worker.engine import GenerationParams
+
+pytestmark = [pytest.mark.load, pytest.mark.timeout(1200)]
+
+COLD_START = """
+import json, sys
+from pathlib import Path
+from wan_i2v.worker.engine import Engine
+from wan_i2v.worker.settings import EngineOptions
+engine = Engine.load(sys.argv[1], EngineOptions(compile="dynamic", compile_cache=Path(sys.argv[2])))
+print(json.dumps(engine.cold_start.as_dict()))
+"""
+
+
+def cold_start(model, cache) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", COLD_START, str(model), str(cache)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_warm_compile_cache_is_used_by_the_next_cold_start(tiny_model, tmp_path):
+    cache = tmp_path / "compile-cache"
+    first = cold_start(tiny_model, cache)
+    assert first["compile_cache"].startswith("empty") and first["compile"] == "dynamic"
+    assert first["compile_cache_saved_bytes"] > 0 and (cache / "portable-cache.bin").is_file()
+    second = cold_start(tiny_model, cache)
+    assert second["compile_cache"].startswith("warm")
+    assert second["seconds"]["warmup"] < first["seconds"]["warmup"]
+
+
+def test_compiled_frames_match_eager_and_new_shapes_need_no_new_warm_up(engine, engine_with):
+    compiled = engine_with(compile="dynamic", warmup="off")
+    for width, height in ((64, 48), (80, 48), (48, 64)):
+        p = GenerationParams("a boat", "blurry", width, height, 5, 6, 3.5, 3.5, 5.0, 9)
+        eager = engine.generate(p, picture(width, height)).frames.astype(float)
+        fast = compiled.generate(p, picture(width, height)).frames.astype(float)
+        assert np.linalg.norm(fast - eager) / np.linalg.norm(eager) <= 0.02
+    assert compiled.generate(p, picture(48, 64)).report["compiled"] is True
