@@ -39,6 +39,7 @@ def test_a_warm_compile_cache_is_used_by_the_next_cold_start(tiny_model, tmp_pat
     first = cold_start(tiny_model, cache)
     assert first["compile_cache"].startswith("empty") and first["compile"] == "dynamic"
     assert first["compile_cache_saved_bytes"] > 0 and (cache / "portable-cache.bin").is_file()
+    assert {"compile", "warmup"} <= set(first["seconds"])  # one warm-up generation per mode, timed
     second = cold_start(tiny_model, cache)
     assert second["compile_cache"].startswith("warm")
     assert second["seconds"]["warmup"] < first["seconds"]["warmup"]
