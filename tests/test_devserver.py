@@ -452,7 +452,14 @@ print("stopped on", serve_until_signalled(endpoint), flush=True)
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
 def test_each_stop_signal_closes_the_endpoint(signum):
-    serving = subprocess.Popen([sys.executable, "-c", SERVE, "-"], stdout=subprocess.PIPE, text=True)
+    # Started as from a terminal: every stop signal at its default (a runner started in the background by a
+    # shell without job control has SIGINT ignored, and the endpoint rightly leaves an ignored signal alone).
+    serving = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "-"],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)],
+    )
     url = serving.stdout.readline().strip()
     assert requests.get(f"{url}/v2/dev/health", headers={"Authorization": "Bearer k"}, timeout=10).ok
     serving.send_signal(signum)
