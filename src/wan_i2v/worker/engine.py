@@ -33,7 +33,7 @@ from ..schema import FRAME_MIN, MODES, RESOLUTION_AREAS, WAN_NEGATIVE_PROMPT, Ph
 from .attention import AttentionChoice, apply_attention, pick_attention
 from .coldstart import ColdStart
 from .compile import CompileCache, compile_experts, pick_compile
-from .lora import Attached, fuse
+from .lora import Adapter, fuse
 from .memory import MemoryPlan, Parking, choose_plan, module_bytes, quantised_bytes
 from .prompt_cache import PromptCache
 from .quantize import pick_quant, quantize_expert
@@ -129,6 +129,7 @@ class Engine:
         model: str,
         options: EngineOptions,
         turbo: TurboPair | None,
+        adapters: dict[str, Adapter],
         turbo_misses: list[str],
         plan: MemoryPlan,
         quant: str,
@@ -141,7 +142,7 @@ class Engine:
         self.model, self.options = model, options
         self.default_mode = options.default_mode
         self.experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
-        self.turbo, self.turbo_misses = turbo, turbo_misses
+        self.turbo, self.adapters, self.turbo_misses = turbo, adapters, turbo_misses
         self.plan, self.quant, self.attention, self.compiled = plan, quant, attention, compiled
         self.parked = parked
         self.prompts = PromptCache(options.prompt_cache)
@@ -178,7 +179,15 @@ class Engine:
         device = pick_device(options.device)
         quant = pick_quant(options.quant, device)
         how = pick_compile(options.compile, device)
-        parse_step_cache(options.step_cache)
+        if parse_step_cache(options.step_cache) is not None and how != "off":
+            # FirstBlockCache decides per step in Python (a graph break), which whole-block compiling refuses.
+            if options.compile != "auto":
+                raise SettingsError(
+                    f"WAN_STEP_CACHE={options.step_cache} cannot run with WAN_COMPILE={options.compile}: the cache's "
+                    "per-step decision breaks the compiled graph; set WAN_COMPILE=off (or auto) or WAN_STEP_CACHE=none"
+                )
+            how = "off"
+            log.warning("WAN_STEP_CACHE=%s: compiling turned off (the two do not combine)", options.step_cache)
         experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
         dtype = pipe.transformer.dtype  # what the experts compute in (bf16 on a GPU); read before quantising
 
@@ -212,15 +221,19 @@ class Engine:
             if quant != "none":
                 with cold.step("quantise"):
                     quantised += quantize_expert(expert, quant)
-            if plan.name == "swap":
+            if plan.name == "swap":  # parked at once: two bf16 experts need not fit side by side
                 with cold.step("place"):
-                    parked[side] = Parking(expert, device, park_now=side == LOW_NOISE)
+                    parked[side] = Parking(expert, device, park_now=True)
+        if plan.name == "swap":
+            with cold.step("place"):
+                parked[HIGH_NOISE].fetch()  # every job starts with the high-noise expert
         if quant != "none":
             cold.facts["quantised_linears"] = quantised
         with cold.step("place"):
             parked.update(_place_rest(pipe, plan, device))
-        if turbo is not None:  # kept on the device, ready to attach for a job of the other mode
-            turbo = TurboPair(turbo.files, {s: e.to(device, dtype) for s, e in turbo.experts.items()})
+        adapters: dict[str, Adapter] = {}
+        if turbo is not None:  # on the device, off, ready for a job of the other mode (registered before compiling)
+            adapters = {side: Adapter(experts[side], turbo.experts[side].to(device, dtype)) for side in experts}
 
         config = pipe.transformer.config
         with cold.step("attention_check"):
@@ -248,7 +261,9 @@ class Engine:
                 cache.activate()
                 compile_experts(list(experts.values()), how)
 
-        engine = cls(pipe, device, dtype, model, options, turbo, misses, plan, quant, attention, how, parked, cold)
+        engine = cls(
+            pipe, device, dtype, model, options, turbo, adapters, misses, plan, quant, attention, how, parked, cold
+        )
         if options.warmup == "on" or (options.warmup == "auto" and how != "off"):
             with cold.step("warmup"):
                 engine.warm_up()
@@ -336,7 +351,7 @@ class Engine:
         last_image: Image.Image | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Generated:
-        attached: dict[str, Attached] = {}
+        attached: dict[str, Adapter] = {}
         try:
             timings: dict[str, float] = {}
             with timed(timings, "mode_switch", self._sync):
@@ -354,11 +369,11 @@ class Engine:
         finally:
             for name, adapter in attached.items():
                 parking = self.parked.get(name)
-                adapter.detach(parked=parking is not None and not parking.on_device and parking.discards)
+                adapter.deactivate(parked=parking is not None and not parking.on_device)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _switch_to(self, mode: str) -> dict[str, Attached]:
+    def _switch_to(self, mode: str) -> dict[str, Adapter]:
         """The adapters that put the experts in `mode` for one job (none in the default mode).
 
         The default mode's weights are the experts' own (turbo fused in when turbo is the default). A turbo
@@ -369,17 +384,18 @@ class Engine:
             return {}
         if self.turbo is None:
             raise InputError(f"mode: 'turbo' is not available on this worker: {missing_message(self.turbo_misses)}")
-        scale = 1.0 if mode == "turbo" else -1.0
-        return {side: Attached(self.experts[side], self.turbo.experts[side], scale) for side in self.experts}
+        for adapter in self.adapters.values():
+            adapter.activate(1.0 if mode == "turbo" else -1.0)
+        return self.adapters
 
-    def _use(self, name: str, attached: dict[str, Attached]):
+    def _use(self, name: str, attached: dict[str, Adapter]):
         """The expert `name`, on the device (swapping it in for the other under the swap plan), adapters patched."""
         parking = self.parked.get(name)
         if parking is not None and not parking.on_device:
             for other, other_parking in self.parked.items():
                 if other in self.experts and other != name and other_parking.on_device:
-                    if other in attached:  # a parked copy is dropped, or (quantised) moved: then restore first
-                        attached[other].restore_params(parked=other_parking.discards)
+                    if other in attached:  # its device copy is dropped: forget the patch (the host copy has none)
+                        attached[other].restore_params(parked=True)
                     other_parking.park()
             parking.fetch()
         if parking is not None:
@@ -494,12 +510,12 @@ class Engine:
         }
         return Generated(frames=frames, timings=timings, experts=plan, report=job_report)
 
-    def _prefetch_for_next_job(self, attached: dict[str, Attached]) -> None:
+    def _prefetch_for_next_job(self, attached: dict[str, Adapter]) -> None:
         high, low = self.parked.get(HIGH_NOISE), self.parked.get(LOW_NOISE)
         if high is None or low is None or high.on_device:
             return
         if LOW_NOISE in attached:
-            attached[LOW_NOISE].restore_params(parked=low.discards)
+            attached[LOW_NOISE].restore_params(parked=True)
         low.park()
         high.fetch(overlap=True)
 

@@ -84,8 +84,9 @@ class LowRank:
     up: torch.Tensor  # (out, rank)
     scale: float  # alpha / rank, 1 without alpha
 
-    def delta(self) -> torch.Tensor:
-        return (self.up.float() @ self.down.float()) * self.scale
+    def delta(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """up @ down * scale in fp32, computed on `device` (the weight's: the GPU does it in milliseconds)."""
+        return (self.up.to(device, torch.float32) @ self.down.to(device, torch.float32)) * self.scale
 
 
 @dataclass
@@ -181,24 +182,26 @@ def fuse(expert: torch.nn.Module, lora: ExpertLora, scale: float = 1.0) -> None:
     modules, parameters = dict(expert.named_modules()), dict(expert.named_parameters())
     for name, pair in lora.low_rank.items():
         weight = modules[name].weight
-        weight.copy_((weight.float() + scale * pair.delta().to(weight.device)).to(weight.dtype))
+        weight.copy_((weight.float() + scale * pair.delta(weight.device)).to(weight.dtype))
     for name, delta in lora.diffs.items():
         param = parameters[name]
         param.copy_((param.float() + scale * delta.float().to(param.device)).to(param.dtype))
 
 
-class Attached:
-    """A LoRA on an expert for one job, without touching the (possibly quantised) linear weights.
+class Adapter:
+    """A LoRA kept on an expert, off (scale 0) until a job turns it on, without touching linear weights.
 
     Linear layers get a forward hook adding `scale * up(down(x))` (and `scale * x @ diff.T` for a full
-    weight delta); other parameters (biases, norms, modulation) are patched in place and restored
-    exactly from a copy by `detach`. `patch_params`/`restore_params` are separate so that an expert
-    parked in host memory (the swap plan) is patched only while it is on the GPU.
+    weight delta); other parameters (biases, norms, modulation) are patched in place while on and
+    restored exactly from a copy. The hooks are registered once, before the blocks are compiled, and
+    read `scale` each call: torch.compile traces them with the blocks and guards on the value (one graph
+    with the deltas, one without; hooks added after compiling would be silently ignored).
+    `patch_params`/`restore_params` are separate so that an expert parked in host memory (the swap
+    plan) is patched only while it is on the GPU.
     """
 
-    def __init__(self, expert: torch.nn.Module, lora: ExpertLora, scale: float):
-        self.expert, self.lora, self.scale = expert, lora, scale
-        self._hooks: list = []
+    def __init__(self, expert: torch.nn.Module, lora: ExpertLora):
+        self.expert, self.lora, self.scale = expert, lora, 0.0
         self._saved: dict[str, torch.Tensor] = {}
         modules = dict(expert.named_modules())
         linear_weights = {f"{n}.weight": n for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
@@ -211,14 +214,18 @@ class Attached:
                 by_module.setdefault(linear_weights[param], []).append(("full", delta))
             else:
                 self._param_diffs[param] = delta
-        for name, parts in by_module.items():
-            self._hooks.append(modules[name].register_forward_hook(_delta_hook(parts, scale)))
+        self._hooks = [
+            modules[name].register_forward_hook(_delta_hook(self, parts)) for name, parts in by_module.items()
+        ]
+
+    def activate(self, scale: float) -> None:
+        self.scale = float(scale)
 
     @torch.no_grad()
     def patch_params(self) -> None:
         parameters = dict(self.expert.named_parameters())
         for name, delta in self._param_diffs.items():
-            if name in self._saved:
+            if name in self._saved or self.scale == 0.0:
                 continue
             param = parameters[name]
             self._saved[name] = param.detach().clone()
@@ -233,15 +240,22 @@ class Attached:
                 parameters[name].copy_(saved)
         self._saved.clear()
 
-    def detach(self, parked: bool = False) -> None:
+    def deactivate(self, parked: bool = False) -> None:
+        self.scale = 0.0
+        self.restore_params(parked)
+
+    def remove(self) -> None:
+        self.deactivate()
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self.restore_params(parked)
 
 
-def _delta_hook(parts: list, scale: float):
+def _delta_hook(adapter: Adapter, parts: list):
     def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        scale = adapter.scale
+        if scale == 0.0:
+            return output
         x = args[0]
         for kind, value in parts:
             if kind == "pair":

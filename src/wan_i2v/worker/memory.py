@@ -111,58 +111,84 @@ def choose_plan(
     return MemoryPlan(name, not text_resident, tiling, facts)
 
 
+def _leaves(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding a tensor's data: itself, or a tensor subclass's inner ones (torchao's fp8/int8)."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter) or not hasattr(t, "__tensor_flatten__"):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [leaf for name in names for leaf in _leaves(getattr(t, name))]
+
+
+def _span(t: torch.Tensor) -> int:
+    """Elements of storage a (possibly strided) tensor covers."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+
+
 class Parking:
-    """A module whose weights wait in (pinned) host memory and come to the device only while needed.
+    """A module whose weights wait in pinned host memory and come to the device only while needed.
 
-    `park()` frees the device copy at once (the host copy is kept, so nothing is copied back);
-    `fetch()` copies it in, on a side stream when one is given so that the copy overlaps compute;
-    `ready()` makes the current stream wait for that copy. On the CPU the same steps run, with the
-    module's tensors emptied while parked, so the tests see a parked module that would fail if used.
-
-    Quantised experts hold tensor subclasses (torchao) whose storage cannot be swapped in place: they
-    move with `module.to()` instead, which copies the device data back on `park()` (`discards` False).
+    The host copy is one flat buffer per module, page-locked with cudaHostRegister at its exact size
+    (PyTorch's pinned allocator rounds each tensor up to a power of two: 1.5x the model in host memory),
+    taken once. `park()` frees the device copy at once (nothing is copied back); `fetch()` copies it
+    in, on a side stream when asked so that the copy overlaps compute; `ready()` makes the current stream
+    wait for that copy. Quantised experts (torchao subclasses) park their inner tensors the same way, so
+    no module is rebuilt. On the CPU the same steps run, the tensors emptied while parked, so the tests
+    see a parked module that would fail if it were used.
     """
+
+    ALIGN = 512  # bytes: every view starts aligned for any dtype
 
     def __init__(self, module: torch.nn.Module, device: torch.device, park_now: bool):
         self.module, self.device = module, device
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._tensors = [*module.parameters(), *module.buffers()]
-        self.discards = all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in self._tensors)
-        self._host: list[torch.Tensor] = []
+        self._tensors = [leaf for t in (*module.parameters(), *module.buffers()) for leaf in _leaves(t)]
         self._pending = False
+        self._registered = False
+        sizes = [-(-_span(t) * t.element_size() // self.ALIGN) * self.ALIGN for t in self._tensors]
+        self._buffer = torch.empty(sum(sizes), dtype=torch.uint8)
+        if device.type == "cuda" and self._buffer.numel():
+            code = torch.cuda.cudart().cudaHostRegister(self._buffer.data_ptr(), self._buffer.numel(), 0)
+            self._registered = int(code) == 0
+            if not self._registered:
+                log.warning(
+                    "host memory for %s not page-locked (cudaHostRegister: %s): slower copies",
+                    type(module).__name__,
+                    code,
+                )
+        self._host: list[torch.Tensor] = []
+        offset = 0
+        for t, size in zip(self._tensors, sizes, strict=True):
+            raw = self._buffer[offset : offset + _span(t) * t.element_size()]
+            view = raw.view(t.dtype).as_strided(t.shape, t.stride()) if t.numel() else torch.empty(0, dtype=t.dtype)
+            view.copy_(t.detach())
+            self._host.append(view)
+            offset += size
         self.on_device = True
-        if self.discards:
-            pin = device.type == "cuda"
-            for t in self._tensors:
-                host = t.detach().to("cpu", copy=True)
-                self._host.append(host.pin_memory() if pin else host)
         if park_now:
             self.park()
+
+    def __del__(self):
+        if self._registered:
+            torch.cuda.cudart().cudaHostUnregister(self._buffer.data_ptr())
 
     def park(self) -> None:
         if not self.on_device:
             return
         self.ready()  # a copy still under way must land before its memory is dropped
-        if self.discards:
-            for t in self._tensors:
-                t.data = torch.empty(0, dtype=t.dtype, device=self.device)
-        else:
-            with torch.inference_mode(False):  # module.to() swaps parameters, which inference mode forbids
-                self.module.to("cpu")
+        for t in self._tensors:
+            t.data = torch.empty(0, dtype=t.dtype, device=self.device)
         self.on_device = False
 
     def fetch(self, overlap: bool = False) -> None:
         if self.on_device:
             return
-        if not self.discards:
-            with torch.inference_mode(False):
-                self.module.to(self.device)
-            self.on_device = True
-            return
         stream = self._stream if overlap and self._stream is not None else None
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for t, host in zip(self._tensors, self._host, strict=True):
-                t.data = host.to(self.device, non_blocking=stream is not None, copy=True)
+                copy = torch.empty_strided(host.shape, host.stride(), dtype=host.dtype, device=self.device)
+                t.data = copy.copy_(host, non_blocking=self._registered)
         self.on_device = True
         self._pending = stream is not None
 
