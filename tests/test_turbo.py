@@ -187,7 +187,7 @@ def test_lora_mapping_reads_the_diffusers_layout_too(tiny_model, engine):
     ids=["wrong-shape", "unknown-block", "wrong-diff-shape", "half-a-pair"],
 )
 def test_a_lora_that_does_not_fit_is_refused_naming_the_key(engine, change, message):
-    files = pair_files(engine.turbo.files["high_noise"].parent)
+    files = pair_files(engine.turbo_files["high_noise"].parent)
     state = read_safetensors(files["high_noise"])
     change(state)
     with pytest.raises(InputError, match=message):

@@ -19,10 +19,10 @@ import torch
 
 from ..errors import SettingsError
 from ..files import written_whole
+from .settings import COMPILE_CHOICES
 
 log = logging.getLogger(__name__)
 
-COMPILE_CHOICES = ("auto", "off", "dynamic", "static")
 PORTABLE_CACHE = "portable-cache.bin"
 
 

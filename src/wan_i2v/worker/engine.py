@@ -39,7 +39,7 @@ from .prompt_cache import PromptCache
 from .quantize import pick_quant, quantize_expert
 from .settings import EngineOptions, parse_step_cache
 from .timing import timed
-from .turbo import TurboPair, load_pair, turbo_scheduler
+from .turbo import load_pair, turbo_scheduler
 from .weights import find_pair, missing_message, resolve_model
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _compute_dtype(device: torch.device) -> torch.dtype:
 
 def _vae_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return _compute_dtype(device)
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[requested]
 
 
@@ -128,7 +128,7 @@ class Engine:
         compute_dtype: torch.dtype,
         model: str,
         options: EngineOptions,
-        turbo: TurboPair | None,
+        turbo_files: dict[str, Path] | None,
         adapters: dict[str, Adapter],
         turbo_misses: list[str],
         plan: MemoryPlan,
@@ -142,7 +142,7 @@ class Engine:
         self.model, self.options = model, options
         self.default_mode = options.default_mode
         self.experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
-        self.turbo, self.adapters, self.turbo_misses = turbo, adapters, turbo_misses
+        self.turbo_files, self.adapters, self.turbo_misses = turbo_files, adapters, turbo_misses
         self.plan, self.quant, self.attention, self.compiled = plan, quant, attention, compiled
         self.parked = parked
         self.prompts = PromptCache(options.prompt_cache)
@@ -217,7 +217,7 @@ class Engine:
                 expert.to(work_device)
             if options.default_mode == "turbo":
                 with cold.step("lora_fusion"):
-                    fuse(expert, turbo.experts[side], 1.0)
+                    fuse(expert, turbo[side], 1.0)
             if quant != "none":
                 with cold.step("quantise"):
                     quantised += quantize_expert(expert, quant)
@@ -233,7 +233,7 @@ class Engine:
             parked.update(_place_rest(pipe, plan, device))
         adapters: dict[str, Adapter] = {}
         if turbo is not None:  # on the device, off, ready for a job of the other mode (registered before compiling)
-            adapters = {side: Adapter(experts[side], turbo.experts[side].to(device, dtype)) for side in experts}
+            adapters = {side: Adapter(experts[side], turbo[side].to(device, dtype)) for side in experts}
 
         config = pipe.transformer.config
         with cold.step("attention_check"):
@@ -262,7 +262,7 @@ class Engine:
                 compile_experts(list(experts.values()), how)
 
         engine = cls(
-            pipe, device, dtype, model, options, turbo, adapters, misses, plan, quant, attention, how, parked, cold
+            pipe, device, dtype, model, options, files, adapters, misses, plan, quant, attention, how, parked, cold
         )
         if options.warmup == "on" or (options.warmup == "auto" and how != "off"):
             with cold.step("warmup"):
@@ -281,7 +281,7 @@ class Engine:
         """
         width, height = RESOLUTION_AREAS["480p"]
         image = Image.new("RGB", (width, height), (128, 128, 128))
-        modes = [self.default_mode] + [m for m in MODES if m != self.default_mode and self.turbo is not None]
+        modes = [self.default_mode] + [m for m in MODES if m != self.default_mode and self.adapters]
         for mode in modes:
             rules = MODES[mode]
             # Fewer steps than a job may ask for: compiling needs each expert once, not the whole schedule.
@@ -382,7 +382,7 @@ class Engine:
         """
         if mode == self.default_mode:
             return {}
-        if self.turbo is None:
+        if not self.adapters:
             raise InputError(f"mode: 'turbo' is not available on this worker: {missing_message(self.turbo_misses)}")
         for adapter in self.adapters.values():
             adapter.activate(1.0 if mode == "turbo" else -1.0)

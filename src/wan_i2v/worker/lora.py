@@ -214,6 +214,8 @@ class Adapter:
                 by_module.setdefault(linear_weights[param], []).append(("full", delta))
             else:
                 self._param_diffs[param] = delta
+        parameters = dict(expert.named_parameters())  # Parameter objects outlive parking (only .data changes)
+        self._params = {name: parameters[name] for name in self._param_diffs}
         self._hooks = [
             modules[name].register_forward_hook(_delta_hook(self, parts)) for name, parts in by_module.items()
         ]
@@ -223,21 +225,22 @@ class Adapter:
 
     @torch.no_grad()
     def patch_params(self) -> None:
-        parameters = dict(self.expert.named_parameters())
+        """Called before each step of the expert: patches what is not patched yet."""
+        if self.scale == 0.0:
+            return
         for name, delta in self._param_diffs.items():
-            if name in self._saved or self.scale == 0.0:
+            if name in self._saved:
                 continue
-            param = parameters[name]
+            param = self._params[name]
             self._saved[name] = param.detach().clone()
             param.copy_((param.float() + self.scale * delta.float().to(param.device)).to(param.dtype))
 
     @torch.no_grad()
     def restore_params(self, parked: bool = False) -> None:
         """Put the saved values back (or, for an expert whose device copy was just dropped, only forget them)."""
-        parameters = dict(self.expert.named_parameters())
         for name, saved in self._saved.items():
             if not parked:
-                parameters[name].copy_(saved)
+                self._params[name].copy_(saved)
         self._saved.clear()
 
     def deactivate(self, parked: bool = False) -> None:

@@ -22,11 +22,11 @@ import torch
 
 from ..errors import SettingsError
 from ..schema import FRAME_MAX, RESOLUTION_AREAS
+from .settings import PLANS
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
-PLANS = ("resident", "swap", "offload")
 ACTIVATION_BYTES_PER_TOKEN = 8 * GIB / 75600  # one expert forward at 720p, 81 frames (75600 tokens)
 DECODE_BYTES_PER_PIXEL_FRAME = 9.3 * GIB / (832 * 480 * 81)  # fp32 VAE decode, untiled
 SPARE_FOR_TEXT_ENCODER = 24 * GIB  # keep the text encoder resident only with this much left over

@@ -13,10 +13,10 @@ import logging
 import torch
 
 from ..errors import SettingsError
+from .settings import QUANT_CHOICES
 
 log = logging.getLogger(__name__)
 
-QUANT_CHOICES = ("auto", "fp8", "int8", "none")
 FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: L40S, RTX 4090, H100, H200
 
 

@@ -14,6 +14,10 @@ from .netguard import UrlPolicy
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 ON_OFF_AUTO = ("auto", "on", "off")
+# The allowed values of the engine's settings; the modules that act on them import these.
+QUANT_CHOICES = ("auto", "fp8", "int8", "none")
+COMPILE_CHOICES = ("auto", "off", "dynamic", "static")
+PLANS = ("resident", "swap", "offload")
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,10 @@ class EngineOptions:
             device=env.get("WAN_DEVICE") or None,
             default_mode=choice("WAN_DEFAULT_MODE", "quality", ("quality", "turbo")),
             turbo_lora=Path(env["WAN_TURBO_LORA"]) if env.get("WAN_TURBO_LORA") else None,
-            quant=choice("WAN_QUANT", "auto", ("auto", "fp8", "int8", "none")),
-            compile=choice("WAN_COMPILE", "auto", ("auto", "off", "dynamic", "static")),
+            quant=choice("WAN_QUANT", "auto", QUANT_CHOICES),
+            compile=choice("WAN_COMPILE", "auto", COMPILE_CHOICES),
             compile_cache=Path(env["WAN_COMPILE_CACHE"]) if env.get("WAN_COMPILE_CACHE") else None,
-            memory_plan=choice("WAN_MEMORY_PLAN", "auto", ("auto", "resident", "swap", "offload")),
+            memory_plan=choice("WAN_MEMORY_PLAN", "auto", ("auto", *PLANS)),
             attention=env.get("WAN_ATTENTION") or "auto",
             step_cache=step_cache,
             vae_dtype=choice("WAN_VAE_DTYPE", "auto", ("auto", "bf16", "fp32")),

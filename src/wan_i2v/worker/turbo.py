@@ -11,7 +11,6 @@ Wan2.2 boundary at t = 900 the high-noise expert takes steps 1-2 of 4 and the lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,9 @@ def turbo_scheduler(shift: float, steps: int, device):
     return scheduler
 
 
-@dataclass
-class TurboPair:
-    files: dict[str, Path]
-    experts: dict[str, ExpertLora]  # by side: high_noise -> transformer, low_noise -> transformer_2
-
-
-def load_pair(files: dict[str, Path], experts: dict[str, torch.nn.Module]) -> TurboPair:
-    """Read and map both files onto their experts; SettingsError naming the file when one does not fit."""
+def load_pair(files: dict[str, Path], experts: dict[str, torch.nn.Module]) -> dict[str, ExpertLora]:
+    """Read and map both files onto their experts (by side: high_noise, low_noise); SettingsError naming
+    the file when one does not fit."""
     mapped = {}
     for side, path in files.items():
         try:
@@ -51,4 +45,4 @@ def load_pair(files: dict[str, Path], experts: dict[str, torch.nn.Module]) -> Tu
             raise SettingsError(f"turbo LoRA {path}: {exc}") from None
         except Exception as exc:
             raise SettingsError(f"turbo LoRA {path}: {type(exc).__name__}: {exc}") from None
-    return TurboPair(files, mapped)
+    return mapped
