@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "builder"))
 
-from tiny_model import build_tokenizer, write_lora_pair, write_tiny_model  # noqa: E402
+from tiny_model import build_tokenizer, user_lora_state, write_lora_pair, write_tiny_model  # noqa: E402
 
-from wan_i2v.worker.engine import Engine, GenerationParams  # noqa: E402
+from wan_i2v.worker.engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams, JobLora  # noqa: E402
 from wan_i2v.worker.images import fit_image, load_image  # noqa: E402
 from wan_i2v.worker.job import Worker  # noqa: E402
 from wan_i2v.worker.netguard import UrlPolicy  # noqa: E402
@@ -65,6 +65,12 @@ ROWS = {
     "quality-fp8-fbc": ("quality", {"quant": "fp8", "compile": "off", "step_cache": "fbc:0.05"}, ("480p",)),
     "quality-int8": ("quality", {"quant": "int8", "compile": "dynamic"}, ("480p",)),
     "turbo-fp8": ("turbo", {"quant": "fp8", "compile": "dynamic", "default_mode": "turbo"}, ("480p", "720p")),
+    # a job's own LoRAs on top: three rank-32 pairs (kohya layout) read, stacked and run in the hooks
+    "turbo-fp8-loras": (
+        "turbo",
+        {"quant": "fp8", "compile": "dynamic", "default_mode": "turbo", "user_loras": 3},
+        ("480p",),
+    ),
     "turbo-bf16-swap": (
         "turbo",
         {"quant": "none", "compile": "off", "memory_plan": "swap", "default_mode": "turbo"},
@@ -72,7 +78,10 @@ ROWS = {
     ),
     "quality-bf16-swap-720p": ("quality", {"quant": "none", "compile": "off", "memory_plan": "swap"}, ("720p",)),
 }
-SMOKE_ROWS = ["baseline", "quality-bf16", "quality-fp8-fbc", "quality-int8", "turbo-fp8", "turbo-bf16-swap"]
+SMOKE_ROWS = [
+    "baseline", "quality-bf16", "quality-fp8-fbc", "quality-int8", "turbo-fp8", "turbo-fp8-loras", "turbo-bf16-swap"
+]  # fmt: skip
+USER_LORA_RANK = 32
 
 
 # ---- the real-size pipeline with random weights ------------------------------------------------------
@@ -206,6 +215,20 @@ class Bench:
             write_lora_pair(self.turbo_dir, pipe.transformer.config, rank=64, seed=10, std=0.002)
         return pipe
 
+    def user_loras(self, config, count: int) -> list[JobLora]:
+        """`count` random pairs of the experts' size, written once as .safetensors files as a job would bring them."""
+        from safetensors.torch import save_file
+
+        rank = 4 if self.smoke else USER_LORA_RANK
+        loras = []
+        for index in range(count):
+            for offset, (side, expert) in enumerate((("high", HIGH_NOISE), ("low", LOW_NOISE))):
+                path = self.work / f"user-lora-{index}-{side}.safetensors"
+                if not path.is_file():
+                    save_file(user_lora_state(config, "kohya", rank, seed=20 + 2 * index + offset, std=0.01), str(path))
+                loras.append(JobLora(expert, path, 0.8, f"loras[{index}].{side}"))
+        return loras
+
     def params(self, mode: str, resolution: str, steps: int) -> GenerationParams:
         width, height = self.sizes[resolution]
         guidance = 3.5 if mode != "turbo" else 1.0
@@ -256,6 +279,7 @@ class Bench:
     def engine_row(self, mode: str, options: dict, resolutions) -> dict:
         pipe = self.pipeline()
         options = {"device": str(self.device), "turbo_lora": self.turbo_dir, "warmup": "auto", **options}
+        loras = self.user_loras(pipe.transformer.config, options.pop("user_loras", 0))
         if self.smoke:
             options.pop("turbo_lora")
             options.update(compile="off", warmup="off")
@@ -275,9 +299,9 @@ class Bench:
             try:
                 _reset_peak(self.device)
                 began = time.perf_counter()
-                engine.generate(p, image)
+                engine.generate(p, image, loras=loras)
                 first_s = time.perf_counter() - began
-                generated = engine.generate(p, image)
+                generated = engine.generate(p, image, loras=loras)
             except Exception as exc:  # out of memory, most likely: the row says so and the next one runs
                 row[resolution] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
                 _free(self.device)
@@ -295,13 +319,17 @@ class Bench:
                 "peak_gib": _peak_gib(self.device),
                 "engine": generated.report,
             }
+            if loras:
+                entry["user_loras"] = (
+                    f"{len(loras) // 2} pairs, rank {4 if self.smoke else USER_LORA_RANK}, strength 0.8"
+                )
             if mode == "quality":
                 fixed = sum(v for k, v in phases.items() if k != "denoise")
                 entry["job_s_at_40_steps"] = round(fixed + generated.timings["denoise"] / steps * QUALITY_STEPS_FULL, 2)
                 entry["note"] = f"ran {steps} steps; job_s_at_40_steps extrapolates the denoise per step to 40"
             else:
                 entry["job_s"] = round(sum(phases.values()), 2)
-                if not self.smoke:  # and once through the worker itself, the whole job as users get it
+                if not self.smoke and not loras:  # and once through the worker itself, the whole job as users get it
                     worker = Worker(engine, Settings(model="random-real-size", output_dir=self.work / "videos"))
                     answer = worker.handle(
                         {

@@ -4,7 +4,8 @@
 
 It also writes a tiny turbo LoRA pair into DIR/turbo-lora/, in the key layout of the published
 lightx2v Wan2.2-Distill-Loras I2V files (see `write_lora_pair`), so that `WAN_MODEL=DIR` serves turbo
-jobs and the real LoRA reading and fusing code runs in tests.
+jobs and the real LoRA reading and fusing code runs in tests; and example user LoRA pairs into
+DIR/loras/ in the three layouts trainers write (see `write_user_loras`), for `WAN_LORA_DIR=DIR/loras`.
 
 Same classes and folder layout as Wan-AI/Wan2.2-I2V-A14B-Diffusers (two WanTransformer3DModel
 experts with boundary_ratio 0.9, AutoencoderKLWan with z_dim 16, UMT5EncoderModel, a T5 tokenizer,
@@ -179,6 +180,69 @@ def write_lora_pair(dest: Path, config, rank: int = 4, seed: int = 0, std: float
     return files
 
 
+# The layer names of the block linears a style or motion LoRA trains, in each layout's spelling.
+USER_LORA_LAYERS = {
+    "wan": ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+            "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"],
+    "peft": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+             "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+}  # fmt: skip
+USER_LORA_LAYOUTS = ("wan", "kohya", "peft")
+
+
+def user_lora_state(
+    config, layout: str, rank: int = 4, seed: int = 0, std: float = 0.1, alpha: float | None = None
+) -> dict[str, torch.Tensor]:
+    """A random user LoRA over every block's attention and feed-forward linears, in one trainer layout:
+
+    - `wan`: the original Wan names as ComfyUI and most published Wan LoRAs have them
+      (`diffusion_model.blocks.0.self_attn.q.lora_down.weight`, `lora_up.weight`, `alpha`);
+    - `kohya`: musubi-tuner's (`lora_unet_blocks_0_self_attn_q.lora_down.weight`, `lora_up.weight`, `alpha`);
+    - `peft`: diffusers/PEFT's (`transformer.blocks.0.attn1.to_q.lora_A.weight`, `lora_B.weight`, no alpha).
+    The same seed gives the same deltas in every layout. Weights in bf16, as trainers save them.
+    """
+    if layout not in USER_LORA_LAYOUTS:
+        raise ValueError(f"layout {layout!r}: one of {', '.join(USER_LORA_LAYOUTS)}")
+    generator = torch.Generator().manual_seed(seed)
+    dim = config.num_attention_heads * config.attention_head_dim
+    shapes = {"ffn.0": (config.ffn_dim, dim), "ffn.2": (dim, config.ffn_dim)}
+    alpha = float(rank) if alpha is None else alpha
+    state = {}
+    for n in range(config.num_layers):
+        for original, peft in zip(USER_LORA_LAYERS["wan"], USER_LORA_LAYERS["peft"], strict=True):
+            out_features, in_features = shapes.get(original, (dim, dim))
+            down = (torch.randn(rank, in_features, generator=generator) * std).to(torch.bfloat16)
+            up = (torch.randn(out_features, rank, generator=generator) * std).to(torch.bfloat16)
+            if layout == "peft":  # no alpha in this layout: the strength alpha/rank goes into up
+                prefix = f"transformer.blocks.{n}.{peft}"
+                state[f"{prefix}.lora_A.weight"] = down
+                state[f"{prefix}.lora_B.weight"] = (up.float() * (alpha / rank)).to(torch.bfloat16)
+                continue
+            prefix = f"diffusion_model.blocks.{n}.{original}"
+            if layout == "kohya":
+                prefix = "lora_unet_" + f"blocks.{n}.{original}".replace(".", "_")
+            state[f"{prefix}.lora_down.weight"] = down
+            state[f"{prefix}.lora_up.weight"] = up
+            state[f"{prefix}.alpha"] = torch.tensor(alpha)
+    return state
+
+
+def write_user_loras(dest: Path, config, rank: int = 4, seed: int = 100, std: float = 0.1) -> dict[str, Path]:
+    """Example pairs, one per layout: DEST/tiny-{layout}-{high,low}.safetensors; returns {stem: path}."""
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for index, layout in enumerate(USER_LORA_LAYOUTS):
+        for offset, side in enumerate(("high", "low")):
+            path = dest / f"tiny-{layout}-{side}.safetensors"
+            state = user_lora_state(config, layout, rank, seed + 10 * index + offset, std, alpha=rank / 2)
+            save_file(state, str(path))
+            files[path.stem] = path
+    return files
+
+
 def write_tiny_model(dest: Path, seed: int = 0, turbo_lora: bool = True) -> Path:
     dest = Path(dest)
     pipe = build_pipeline(seed)
@@ -186,6 +250,7 @@ def write_tiny_model(dest: Path, seed: int = 0, turbo_lora: bool = True) -> Path
     if turbo_lora:
         # A larger spread than a real LoRA's, so that the tiny model's frames visibly change with it.
         write_lora_pair(dest / "turbo-lora", pipe.transformer.config, rank=4, seed=seed + 10, std=0.1)
+    write_user_loras(dest / "loras", pipe.transformer.config, seed=seed + 100)
     return dest
 
 

@@ -28,6 +28,31 @@ def picture(width: int = 208, height: int = 120, mode: str = "RGB") -> Image.Ima
     return Image.fromarray(rgb).convert(mode)
 
 
+# Engine jobs at the smallest size that still runs both experts (the cheap tier's unit of work).
+SMALL = {"prompt": "a boat", "negative_prompt": "blurry", "width": 64, "height": 48, "num_frames": 5, "shift": 5.0}
+
+
+def quality(**changes):
+    """GenerationParams of a small quality job (6 steps: both experts, guidance on both)."""
+    from wan_i2v.worker.engine import GenerationParams
+
+    values = {"steps": 6, "guidance_scale": 3.5, "guidance_scale_2": 3.5, "seed": 3, "mode": "quality"}
+    return GenerationParams(**{**SMALL, **values, **changes})
+
+
+def turbo(**changes):
+    """GenerationParams of a small turbo job (4 steps, no guidance)."""
+    from wan_i2v.worker.engine import GenerationParams
+
+    values = {"steps": 4, "guidance_scale": 1.0, "guidance_scale_2": 1.0, "seed": 3, "mode": "turbo"}
+    return GenerationParams(**{**SMALL, **values, **changes})
+
+
+def levels(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest difference between two videos, in 8-bit levels."""
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
+
+
 def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **save_args)
@@ -176,7 +201,8 @@ OUTPUT = {
     "seed": 1,
     "model": "tiny",
     "storage": "s3",
-    "timings": {**dict.fromkeys(PHASES, 1.0), "total": 12.5, "mode_switch": 0.0},
+    "timings": {**dict.fromkeys(PHASES, 1.0), "total": 12.5, "mode_switch": 0.0, "lora_fetch": 0.0, "lora_load": 0.0},
+    "loras": [],
 }
 
 

@@ -37,6 +37,9 @@ def test_the_benchmark_smoke_run_writes_results_of_the_gpu_shape(tmp_path):
     assert rows["quality-bf16"]["480p"]["rel_l2_vs_baseline"] < 0.005
     assert rows["turbo-bf16-swap"]["480p"]["engine"]["memory_plan"] == "swap"
     assert rows["turbo-fp8"]["cold_start"]["seconds"]["lora_fusion"] >= 0
+    with_loras = rows["turbo-fp8-loras"]["480p"]
+    assert with_loras["warm_job_phases_s"]["lora_load"] > 0 and with_loras["user_loras"].startswith("3 pairs")
+    assert rows["turbo-fp8"]["480p"]["warm_job_phases_s"]["lora_load"] == 0.0
     assert rows["quality-fp8-fbc"]["480p"]["engine"]["step_cache"] == "fbc:0.05"
     assert results["targets"]["turbo_480p_s"] == rows["turbo-fp8"]["480p"]["job_s"] > 0
     assert results["targets"]["err_int8"] == rows["quality-int8"]["480p"]["rel_l2_vs_baseline"]

@@ -142,3 +142,23 @@ def test_progress_is_shown_from_the_jobs_progress_events():
     assert cli._progress_event(running(None)) is None
     assert cli._progress_event(running({"phase": "denoise"})) is None  # no percent: not a progress event
     assert cli._progress_event({"status": "COMPLETED", "output": {"phase": "x", "percent": 1}}) is None
+
+
+def test_lora_flags_become_the_jobs_loras_entries():
+    from wan_i2v.ops.cli import _job_fields, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["generate", "cat.png", "--lora", "a_high.safetensors,a_low.safetensors,0.8", "--lora", ",b_low.safetensors"]
+    )
+    assert _job_fields(args)["loras"] == [
+        {"high": "a_high.safetensors", "low": "a_low.safetensors", "scale": 0.8},
+        {"low": "b_low.safetensors"},
+    ]
+    batch = parser.parse_args(["batch", "p.txt", "--images-dir", "d", "--lora", "https://h.example/s.safetensors,"])
+    assert _job_fields(batch)["loras"] == [{"high": "https://h.example/s.safetensors"}]
+    assert "loras" not in _job_fields(parser.parse_args(["generate", "cat.png"]))
+    for bad in ("only_one.safetensors", ",", "a,b,strong", "a,b,1,2"):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(["generate", "cat.png", "--lora", bad])
+        assert exited.value.code == 2

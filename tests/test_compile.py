@@ -12,9 +12,13 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import picture
+from helpers import ROOT, picture
+from safetensors.torch import save_file
 
-from wan_i2v.worker.engine import GenerationParams
+from wan_i2v.worker.engine import HIGH_NOISE, LOW_NOISE, GenerationParams, JobLora
+
+sys.path.insert(0, str(ROOT / "builder"))
+from tiny_model import user_lora_state  # noqa: E402
 
 pytestmark = [pytest.mark.load, pytest.mark.timeout(1200)]
 
@@ -48,7 +52,7 @@ def test_a_warm_compile_cache_is_used_by_the_next_cold_start(tiny_model, tmp_pat
     assert second["seconds"]["warmup"] < first["seconds"]["warmup"]
 
 
-def test_compiled_frames_match_eager_and_new_shapes_need_no_new_warm_up(engine, engine_with):
+def test_compiled_frames_match_eager_and_new_shapes_need_no_new_warm_up(engine, engine_with, tiny_model, tmp_path):
     compiled = engine_with(compile="dynamic", warmup="off")
     for width, height in ((64, 48), (80, 48), (48, 64)):
         p = GenerationParams("a boat", "blurry", width, height, 5, 6, 3.5, 3.5, 5.0, 9)
@@ -67,3 +71,18 @@ def test_compiled_frames_match_eager_and_new_shapes_need_no_new_warm_up(engine, 
     eager_quality = engine.generate(quality, picture(64, 48)).frames.astype(float)
     fast_quality = compiled.generate(quality, picture(64, 48)).frames.astype(float)
     assert np.linalg.norm(fast_quality - eager_quality) / np.linalg.norm(eager_quality) <= 0.02
+    # A job's own LoRAs run in the same hooks: any rank, any strength, on top of turbo, then gone again.
+    save_file(
+        user_lora_state(engine.pipe.transformer.config, "kohya", rank=8, seed=4), str(tmp_path / "r8.safetensors")
+    )
+    loras = [
+        JobLora(HIGH_NOISE, tiny_model / "loras" / "tiny-wan-high.safetensors", 0.6, "loras[0].high"),
+        JobLora(LOW_NOISE, tmp_path / "r8.safetensors", 1.3, "loras[1].low"),
+    ]
+    for params in (quality, turbo):
+        eager_lora = engine.generate(params, picture(64, 48), loras=loras).frames.astype(float)
+        fast_lora = compiled.generate(params, picture(64, 48), loras=loras).frames.astype(float)
+        assert np.linalg.norm(fast_lora - eager_lora) / np.linalg.norm(eager_lora) <= 0.02
+        assert np.linalg.norm(fast_lora - eager_quality) / np.linalg.norm(eager_quality) > 0.05
+    again = compiled.generate(quality, picture(64, 48)).frames.astype(float)
+    assert np.linalg.norm(again - eager_quality) / np.linalg.norm(eager_quality) <= 0.02

@@ -81,7 +81,14 @@ def test_progress_reports_each_phase_and_step_with_its_expert(engine):
     steps = [detail for phase, detail in events if phase is Phase.DENOISE]
     assert [s["step"] for s in steps] == list(range(1, 7)) and {s["total_steps"] for s in steps} == {6}
     assert [s["expert"] for s in steps] == result.experts
-    assert set(result.timings) == {"mode_switch", "text_encode", "condition_encode", "denoise", "vae_decode"}
+    assert set(result.timings) == {
+        "mode_switch",
+        "lora_load",
+        "text_encode",
+        "condition_encode",
+        "denoise",
+        "vae_decode",
+    }
     assert result.timings["mode_switch"] == 0.0  # the worker's default mode: nothing to switch
     assert all(seconds >= 0 for seconds in result.timings.values())
 

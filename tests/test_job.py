@@ -64,8 +64,14 @@ def test_job_returns_the_contracted_fields_and_a_valid_mp4(first_job):
     assert (info["frames"], info["width"], info["height"], info["fps"]) == (17, 832, 480, 12)
     assert info["codec"].startswith("h264")
     assert output["video_size_mb"] == round(path.stat().st_size / 1024 / 1024, 2)
-    assert set(output["timings"]) == {phase.value for phase in Phase} | {"total", "mode_switch"}
+    assert set(output["timings"]) == {phase.value for phase in Phase} | {
+        "total",
+        "mode_switch",
+        "lora_fetch",
+        "lora_load",
+    }
     assert output["mode"] == "quality" and output["timings"]["mode_switch"] == 0.0
+    assert output["loras"] == [] and output["timings"]["lora_fetch"] == output["timings"]["lora_load"] == 0.0
     assert output["engine"] == {
         "quantization": "none",
         "memory_plan": "resident",

@@ -69,6 +69,13 @@ BAD = [
     ({"last_image": 3}, "last_image", "http(s) URL"),
     ({"return_base64": "yes"}, "return_base64", "true or false"),
     ({"steps": 20}, "steps", "unknown field, allowed fields: image prompt negative_prompt"),
+    ({"loras": "a.safetensors"}, "loras", "a list of at most 3 objects {high, low, scale, high_scale, low_scale}"),
+    ({"loras": [{"high": "a.safetensors"}] * 4}, "loras", "at most 3 items"),
+    ({"loras": [{}]}, "loras[0]", "names no file: give high, low or both"),
+    ({"loras": [{"high": "a.safetensors", "scale": 2.5}]}, "loras[0].scale", "number from 0.0 to 2.0"),
+    ({"loras": [{"low": "a.safetensors", "low_scale": -1}]}, "loras[0].low_scale", "number from 0.0 to 2.0"),
+    ({"loras": [{"high": "a", "weight": 1}]}, "loras[0].weight", "unknown field, allowed fields: high low scale"),
+    ({"loras": [{"high": "a"}, {"high": 5}]}, "loras[1].high", "a .safetensors file name in the worker's LoRA"),
 ]
 
 
@@ -80,6 +87,17 @@ def test_bad_input_names_the_field_and_what_is_allowed(change, field, allowed):
     message = str(caught.value)
     assert message.startswith(f"{field}: ") or f"; {field}: " in message
     assert allowed in message
+
+
+def test_lora_entries_settle_their_per_expert_strengths():
+    request = parse_job_input(
+        {**GOOD, "loras": [{"high": "h.safetensors", "low": "https://x.example/l.safetensors", "low_scale": 0.5}]}
+    )
+    assert request.loras[0].files() == {"high": ("h.safetensors", 1.0), "low": ("https://x.example/l.safetensors", 0.5)}
+    assert parse_job_input({**GOOD, "loras": [{"low": "l.safetensors", "scale": 0}]}).loras[0].files() == {
+        "low": ("l.safetensors", 0.0)
+    }
+    assert parse_job_input(GOOD).loras == []
 
 
 def test_every_bad_field_is_reported_at_once():

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import CHEAP, ROOT, picture
+from helpers import CHEAP, ROOT, levels, picture, quality, turbo
 
 from wan_i2v.errors import InputError, SettingsError
-from wan_i2v.worker.engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams
+from wan_i2v.worker.engine import HIGH_NOISE, LOW_NOISE, Engine
 from wan_i2v.worker.lora import fuse, parse_lora, read_safetensors
 from wan_i2v.worker.settings import EngineOptions, Settings
 from wan_i2v.worker.weights import pair_files
@@ -23,22 +23,6 @@ sys.path.insert(0, str(ROOT / "builder"))
 from tiny_model import write_lora_pair  # noqa: E402
 
 FIRST = picture(64, 48)
-SMALL = {"prompt": "a boat", "negative_prompt": "blurry", "width": 64, "height": 48, "num_frames": 5, "shift": 5.0}
-
-
-def turbo(**changes) -> GenerationParams:
-    values = {"steps": 4, "guidance_scale": 1.0, "guidance_scale_2": 1.0, "seed": 3, "mode": "turbo"}
-    return GenerationParams(**{**SMALL, **values, **changes})
-
-
-def quality(**changes) -> GenerationParams:
-    values = {"steps": 6, "guidance_scale": 3.5, "guidance_scale_2": 3.5, "seed": 3, "mode": "quality"}
-    return GenerationParams(**{**SMALL, **values, **changes})
-
-
-def levels(a: np.ndarray, b: np.ndarray) -> int:
-    """The largest difference between two videos, in 8-bit levels."""
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def record_forwards(engine):

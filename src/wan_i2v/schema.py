@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
 
@@ -32,6 +32,10 @@ MAX_PROMPT_CHARS = 5000
 FRAME_MIN, FRAME_MAX = 17, 161
 SEED_MAX = 2**32 - 1
 IMAGE_FORMS = "an http(s) URL, raw base64, or a data:image/...;base64, URI (JPEG, PNG, WebP or GIF)"
+LORA_MAX = 3
+LORA_SCALE_MAX = 2.0
+LORA_SOURCE_FORMS = "a .safetensors file name in the worker's LoRA folder (WAN_LORA_DIR) or an http(s) URL"
+LORA_SIDES = ("high", "low")  # the job's names for the high-noise and low-noise experts
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,57 @@ def _guidance_field(expert: str):
         allow_inf_nan=False,
         description=f"Guidance of the {expert} expert (1 turns it off). Turbo runs without guidance: only 1.",
     )
+
+
+def _lora_source(expert: str):
+    return Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description=f"LoRA for the {expert} expert: {LORA_SOURCE_FORMS}. Absent: none for that expert.",
+    )
+
+
+def _lora_scale(expert: str):
+    return Field(
+        None,
+        ge=0.0,
+        le=LORA_SCALE_MAX,
+        allow_inf_nan=False,
+        description=f"Strength on the {expert} expert; overrides `scale` there.",
+    )
+
+
+class LoraEntry(BaseModel):
+    """One LoRA pair of a job's `loras`: a file for each expert (or for one of them) and its strength."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    high: str | None = _lora_source("high-noise")
+    low: str | None = _lora_source("low-noise")
+    scale: float = Field(
+        1.0, ge=0.0, le=LORA_SCALE_MAX, allow_inf_nan=False, description="Strength on both experts (0 turns it off)."
+    )
+    high_scale: float | None = _lora_scale("high-noise")
+    low_scale: float | None = _lora_scale("low-noise")
+
+    @model_validator(mode="after")
+    def _names_a_file(self) -> LoraEntry:
+        if self.high is None and self.low is None:
+            raise ValueError("names no file: give high, low or both")
+        return self
+
+    def files(self) -> dict[str, tuple[str, float]]:
+        """{"high" | "low": (source, scale)} for the sides this entry names."""
+        scales = {"high": self.high_scale, "low": self.low_scale}
+        return {
+            side: (source, scales[side] if scales[side] is not None else self.scale)
+            for side, source in (("high", self.high), ("low", self.low))
+            if source is not None
+        }
+
+
+LORA_FIELD_NAMES = tuple(LoraEntry.model_fields)
 
 
 def valid_frame_counts() -> list[int]:
@@ -114,6 +169,13 @@ class JobInput(BaseModel):
         None,
         min_length=1,
         description="Optional last frame, for a video that ends on it; same forms and limits as `image`.",
+    )
+    loras: list[LoraEntry] = Field(
+        default_factory=list,
+        max_length=LORA_MAX,
+        description='Your own LoRAs for this job only, at most 3 pairs, each `{"high": SOURCE, "low": SOURCE, '
+        '"scale": 1}` (either side may be left out; `high_scale`/`low_scale` override `scale` per expert). '
+        'SOURCE: a `.safetensors` name in the worker\'s LoRA folder or an http(s) URL (README, "Your own LoRAs").',
     )
     return_base64: bool = Field(
         False,
@@ -223,6 +285,27 @@ class Timings(BaseModel):
     mode_switch: float = Field(
         0.0, description="Seconds spent putting the experts in this job's mode when it is not the worker's default."
     )
+    lora_fetch: float = Field(0.0, description="Seconds spent finding, downloading and checking the job's LoRA files.")
+    lora_load: float = Field(0.0, description="Seconds spent reading the job's LoRAs onto the experts.")
+
+
+class AppliedLoraFile(BaseModel):
+    """One LoRA file a job ran with."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    source: str = Field(description="The folder name as given, or the URL without its query string.")
+    scale: float = Field(description="The strength it ran at on this expert.")
+    sha256: str = Field(description="SHA-256 of the file, to tell which version ran.")
+
+
+class AppliedLora(BaseModel):
+    """One entry of the job's `loras` as it ran: the file on each expert it names."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    high: AppliedLoraFile | None = None
+    low: AppliedLoraFile | None = None
 
 
 class EngineReport(BaseModel):
@@ -272,7 +355,13 @@ class JobOutput(BaseModel):
     timings: Timings = Field(
         description="Seconds per phase: "
         + ", ".join(f"`{p.value}`" for p in Phase)
-        + ", `mode_switch` (0 in the worker's default mode), and `total`."
+        + ", `mode_switch` (0 in the worker's default mode), `lora_fetch` and `lora_load` (0 without LoRAs), "
+        "and `total`."
+    )
+    loras: list[AppliedLora] = Field(
+        default_factory=list,
+        description='The job\'s LoRAs as they ran, in order: `{"high": {source, scale, sha256}, "low": ...}` '
+        "per entry (empty without LoRAs).",
     )
     engine: EngineReport | None = Field(
         None,
@@ -295,21 +384,24 @@ def output_markdown_table() -> str:
         elif annotation == str | None:
             kind = "string or absent"
         else:
-            kind = {str: "string", int: "integer", float: "number", Timings: "object", EngineReport | None: "object"}[
-                annotation
-            ]
+            kinds = {str: "string", int: "integer", float: "number", Timings: "object", EngineReport | None: "object"}
+            kind = kinds.get(annotation, "list of objects")
         lines.append(f"| `{name}` | {kind} | {info.description} |")
     return "\n".join(lines)
 
 
-def allowed_values(name: str) -> str:
+def allowed_values(name: str, model: type[BaseModel] = JobInput) -> str:
     """Describe what a field accepts, from its annotation and constraints."""
-    info = JobInput.model_fields[name]
+    info = model.model_fields[name]
     annotation = info.annotation
     if annotation == Mode | None:
         annotation = Mode
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(v) for v in get_args(annotation))
+    if model is LoraEntry and name in LORA_SIDES:
+        return LORA_SOURCE_FORMS
+    if name == "loras":
+        return f"a list of at most {LORA_MAX} objects {{{', '.join(LORA_FIELD_NAMES)}}}, each naming high, low or both"
     bounds = {type(m).__name__: m for m in info.metadata}
     kind = {int: "integer", float: "number", bool: "true or false"}.get(annotation)
     kind = kind or {int | None: "integer", float | None: "number"}.get(annotation)
@@ -332,16 +424,33 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _located(loc: tuple) -> tuple[str, type[BaseModel], str | None]:
+    """The error's field as the caller writes it (`loras[1].scale`), the model it belongs to, its own name."""
+    shown, model, field_name = "", JobInput, None
+    for part in loc:
+        if isinstance(part, int):
+            shown += f"[{part}]"
+            model, field_name = LoraEntry, None
+        else:
+            shown += f".{part}" if shown else str(part)
+            field_name = str(part)
+    return shown or "input", model, field_name
+
+
 def _message(error: dict) -> str:
-    loc = error.get("loc") or ()
-    name = str(loc[0]) if loc else "input"
+    name, model, field_name = _located(error.get("loc") or ())
     kind = error["type"]
+    fields = LORA_FIELD_NAMES if model is LoraEntry else FIELD_NAMES
     if kind == "extra_forbidden":
-        return f"{name}: unknown field, allowed fields: {' '.join(FIELD_NAMES)}"
+        return f"{name}: unknown field, allowed fields: {' '.join(fields)}"
+    if field_name is None or field_name not in model.model_fields:  # a whole entry of `loras`
+        allowed = f"an object {{{', '.join(LORA_FIELD_NAMES)}}} naming high, low or both"
+    else:
+        allowed = allowed_values(field_name, model)
     if kind == "missing":
-        return f"{name}: required, give {allowed_values(name)}"
+        return f"{name}: required, give {allowed}"
     problem = error["msg"].removeprefix("Value error, ")
-    return f"{name}: {_shown(error.get('input'))} is not allowed ({problem}), allowed: {allowed_values(name)}"
+    return f"{name}: {_shown(error.get('input'))} is not allowed ({problem}), allowed: {allowed}"
 
 
 def parse_job_input(raw: Any, default_mode: Mode = "quality") -> JobInput:
@@ -366,6 +475,8 @@ def _default_text(name: str) -> str:
         return "Wan2.2 default"
     if name == "mode":
         return "worker's (`quality`)"
+    if name == "loras":
+        return "none"
     if name == "sample_steps":
         return " / ".join(f"`{r.default_steps}` ({m})" for m, r in MODES.items())
     if name in GUIDANCE_FIELDS:

@@ -20,12 +20,34 @@ from .client import Client, JobFailed
 
 log = logging.getLogger("wan_i2v")
 
-# Job fields the command passes through, straight from the schema (image is positional).
-FIELD_FLAGS = [name for name in JobInput.model_fields if name not in ("image", "prompt")]
+# Job fields the command passes through, straight from the schema (image is positional, loras is --lora).
+FIELD_FLAGS = [name for name in JobInput.model_fields if name not in ("image", "prompt", "loras")]
+LORA_HELP = (
+    "a LoRA pair for this job: HIGH,LOW[,SCALE], each a file name in the worker's LoRA folder or an http(s) "
+    "URL (a comma inside a URL as %%2C); leave a side empty for one expert only (style.safetensors, or "
+    ",motion.safetensors); repeat for up to 3 pairs"
+)
+
+
+def lora_entry(text: str) -> dict:
+    """`--lora HIGH,LOW[,SCALE]` as a job's `loras` entry (argparse type: ValueError -> usage error)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) not in (2, 3) or not (parts[0] or parts[1]):
+        raise argparse.ArgumentTypeError(f"{text!r}: give HIGH,LOW or HIGH,LOW,SCALE (one side may be empty)")
+    entry: dict = {side: source for side, source in zip(("high", "low"), parts[:2], strict=True) if source}
+    if len(parts) == 3:
+        try:
+            entry["scale"] = float(parts[2])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: SCALE {parts[2]!r} is not a number") from None
+    return entry
 
 
 def _add_job_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help=JobInput.model_fields["prompt"].description)
+    parser.add_argument(
+        "--lora", dest="loras", action="append", type=lora_entry, metavar="HIGH,LOW[,SCALE]", help=LORA_HELP
+    )
     for name in FIELD_FLAGS:
         info = JobInput.model_fields[name]
         flag = "--" + name.replace("_", "-")
@@ -41,6 +63,8 @@ def _job_fields(args: argparse.Namespace) -> dict:
     fields = {name: getattr(args, name) for name in FIELD_FLAGS if getattr(args, name, None) is not None}
     if getattr(args, "prompt", None) is not None:
         fields["prompt"] = args.prompt
+    if getattr(args, "loras", None):
+        fields["loras"] = args.loras
     return fields
 
 

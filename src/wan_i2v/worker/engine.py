@@ -10,7 +10,8 @@ to a service: each expert's guidance is honoured on its own (diffusers decides c
 guidance from the high-noise scale alone, so `guidance_scale=1, guidance_scale_2=3.5` would silently
 drop guidance, and a scale of 1 would still pay for the unconditional pass); text embeddings come
 from a cache; turbo jobs run the distilled Euler schedule; a job of the mode that is not fused runs
-with the turbo LoRA attached (added, or taken back out) for that job only; and every phase is timed.
+with the turbo LoRA attached (added, or taken back out) for that job only, and a job's own LoRAs are
+attached for that job only, on top of either mode; and every phase is timed.
 The engine knows nothing of buckets, jobs or HTTP.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..schema import FRAME_MIN, MODES, RESOLUTION_AREAS, WAN_NEGATIVE_PROMPT, Ph
 from .attention import AttentionChoice, apply_attention, pick_attention
 from .coldstart import ColdStart
 from .compile import CompileCache, compile_experts, pick_compile
-from .lora import Adapter, fuse
+from .lora import Adapter, ExpertLora, fuse, parameter_shapes, parse_lora, read_safetensors
 from .memory import MemoryPlan, Parking, choose_plan, module_bytes, quantised_bytes
 from .prompt_cache import PromptCache
 from .quantize import pick_quant, quantize_expert
@@ -66,6 +67,16 @@ class GenerationParams:
     shift: float
     seed: int
     mode: str = "quality"
+
+
+@dataclass(frozen=True)
+class JobLora:
+    """One LoRA file of a job, for one expert."""
+
+    expert: str  # HIGH_NOISE or LOW_NOISE
+    path: Path
+    scale: float
+    label: str  # how errors name it: "loras[0].high (style.safetensors)"
 
 
 @dataclass
@@ -129,7 +140,9 @@ class Engine:
         model: str,
         options: EngineOptions,
         turbo_files: dict[str, Path] | None,
+        turbo: dict[str, ExpertLora],
         adapters: dict[str, Adapter],
+        shapes: dict[str, dict[str, tuple[int, ...]]],
         turbo_misses: list[str],
         plan: MemoryPlan,
         quant: str,
@@ -142,7 +155,9 @@ class Engine:
         self.model, self.options = model, options
         self.default_mode = options.default_mode
         self.experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
-        self.turbo_files, self.adapters, self.turbo_misses = turbo_files, adapters, turbo_misses
+        self.shapes = shapes  # each expert's parameter shapes, for checking a job's LoRAs against parked experts
+        self.turbo_files, self.turbo, self.turbo_misses = turbo_files, turbo, turbo_misses
+        self.adapters = adapters
         self.plan, self.quant, self.attention, self.compiled = plan, quant, attention, compiled
         self.parked = parked
         self.prompts = PromptCache(options.prompt_cache)
@@ -190,6 +205,7 @@ class Engine:
             log.warning("WAN_STEP_CACHE=%s: compiling turned off (the two do not combine)", options.step_cache)
         experts = {HIGH_NOISE: pipe.transformer, LOW_NOISE: pipe.transformer_2}
         dtype = pipe.transformer.dtype  # what the experts compute in (bf16 on a GPU); read before quantising
+        shapes = {side: parameter_shapes(expert) for side, expert in experts.items()}  # before parking
 
         files, misses = find_pair(options.turbo_lora, model_path)
         if options.default_mode == "turbo" and files is None:
@@ -231,9 +247,10 @@ class Engine:
             cold.facts["quantised_linears"] = quantised
         with cold.step("place"):
             parked.update(_place_rest(pipe, plan, device))
-        adapters: dict[str, Adapter] = {}
-        if turbo is not None:  # on the device, off, ready for a job of the other mode (registered before compiling)
-            adapters = {side: Adapter(experts[side], turbo[side].to(device, dtype)) for side in experts}
+        # The LoRA hooks, registered before compiling, empty between jobs; the turbo pair on the device,
+        # ready for a job of the other mode.
+        adapters = {side: Adapter(expert) for side, expert in experts.items()}
+        turbo = {side: turbo[side].to(device, dtype) for side in experts} if turbo is not None else {}
 
         config = pipe.transformer.config
         with cold.step("attention_check"):
@@ -262,7 +279,22 @@ class Engine:
                 compile_experts(list(experts.values()), how)
 
         engine = cls(
-            pipe, device, dtype, model, options, files, adapters, misses, plan, quant, attention, how, parked, cold
+            pipe,
+            device,
+            dtype,
+            model,
+            options,
+            files,
+            turbo,
+            adapters,
+            shapes,
+            misses,
+            plan,
+            quant,
+            attention,
+            how,
+            parked,
+            cold,
         )
         if options.warmup == "on" or (options.warmup == "auto" and how != "off"):
             with cold.step("warmup"):
@@ -281,7 +313,7 @@ class Engine:
         """
         width, height = RESOLUTION_AREAS["480p"]
         image = Image.new("RGB", (width, height), (128, 128, 128))
-        modes = [self.default_mode] + [m for m in MODES if m != self.default_mode and self.adapters]
+        modes = [self.default_mode] + [m for m in MODES if m != self.default_mode and self.turbo]
         for mode in modes:
             rules = MODES[mode]
             # Fewer steps than a job may ask for: compiling needs each expert once, not the whole schedule.
@@ -350,14 +382,20 @@ class Engine:
         image: Image.Image,
         last_image: Image.Image | None = None,
         on_progress: ProgressCallback | None = None,
+        loras: Sequence[JobLora] = (),
     ) -> Generated:
-        attached: dict[str, Adapter] = {}
+        """One video. `loras` are attached for this job only: after it, finished or failed, every
+        adapter is empty and every patched parameter restored."""
         try:
-            timings: dict[str, float] = {}
-            with timed(timings, "mode_switch", self._sync):
-                attached = self._switch_to(params.mode)
-            if not attached:
-                timings["mode_switch"] = 0.0
+            timings: dict[str, float] = {"mode_switch": 0.0, "lora_load": 0.0}
+            parts = self._mode_parts(params.mode)
+            if parts:
+                with timed(timings, "mode_switch", self._sync):
+                    self._attach(parts)
+            if loras:
+                with timed(timings, "lora_load", self._sync):
+                    self._attach(self._read_loras(loras))
+            attached = {name: adapter for name, adapter in self.adapters.items() if adapter.attached}
             return self._generate(
                 params, image, last_image, on_progress or (lambda phase, **d: None), attached, timings
             )
@@ -367,26 +405,39 @@ class Engine:
                 "this worker will be replaced. Try 480p or fewer frames."
             ) from exc
         finally:
-            for name, adapter in attached.items():
+            for name, adapter in self.adapters.items():  # all of them: a load that failed half-way included
                 parking = self.parked.get(name)
-                adapter.deactivate(parked=parking is not None and not parking.on_device)
+                adapter.detach(parked=parking is not None and not parking.on_device)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _switch_to(self, mode: str) -> dict[str, Adapter]:
-        """The adapters that put the experts in `mode` for one job (none in the default mode).
+    def _mode_parts(self, mode: str) -> dict[str, list[tuple[ExpertLora, float]]]:
+        """The turbo pair and its strength that put the experts in `mode` for one job (none in the default mode).
 
         The default mode's weights are the experts' own (turbo fused in when turbo is the default). A turbo
-        job on a quality worker attaches the pair; a quality job on a turbo worker attaches it with scale
+        job on a quality worker attaches the pair; a quality job on a turbo worker attaches it with strength
         -1, which takes the fused delta back out without touching (possibly quantised) weights.
         """
         if mode == self.default_mode:
             return {}
-        if not self.adapters:
+        if not self.turbo:
             raise InputError(f"mode: 'turbo' is not available on this worker: {missing_message(self.turbo_misses)}")
-        for adapter in self.adapters.values():
-            adapter.activate(1.0 if mode == "turbo" else -1.0)
-        return self.adapters
+        strength = 1.0 if mode == "turbo" else -1.0
+        return {side: [(lora, strength)] for side, lora in self.turbo.items()}
+
+    def _read_loras(self, loras: Sequence[JobLora]) -> dict[str, list[tuple[ExpertLora, float]]]:
+        """Read every file and map it onto its expert before anything is attached; InputError naming the entry."""
+        parts: dict[str, list[tuple[ExpertLora, float]]] = {}
+        for lora in loras:
+            expert = self.experts[lora.expert]
+            mapped = parse_lora(read_safetensors(lora.path, lora.label), expert, lora.label, self.shapes[lora.expert])
+            if lora.scale != 0.0:  # read and checked all the same: the same file fails at any strength
+                parts.setdefault(lora.expert, []).append((mapped.to(self.device, self.compute_dtype), lora.scale))
+        return parts
+
+    def _attach(self, parts: dict[str, list[tuple[ExpertLora, float]]]) -> None:
+        for name, expert_parts in parts.items():
+            self.adapters[name].attach(expert_parts)
 
     def _use(self, name: str, attached: dict[str, Adapter]):
         """The expert `name`, on the device (swapping it in for the other under the swap plan), adapters patched."""

@@ -10,17 +10,14 @@ import binascii
 import io
 import math
 import re
-import time
 
 import numpy as np
-import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
-from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
-from .. import __version__
 from ..errors import InputError
 from ..schema import RESOLUTION_AREAS
-from .netguard import BlockedAddressError, UrlPolicy, shown_url
+from .download import download
+from .netguard import UrlPolicy
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
@@ -54,57 +51,10 @@ def read_source(field: str, value: str, policy: UrlPolicy = DEFAULT_POLICY) -> b
 
 
 def fetch_url(field: str, url: str, policy: UrlPolicy = DEFAULT_POLICY) -> bytes:
-    """Download through the address guard: timeouts, at most `max_redirects` redirects, a byte cap.
-
-    The body is read as it arrives (`read1`), so a server that trickles bytes still meets the total
-    deadline, and a compressed body is capped by its decoded size.
-    """
-    where = shown_url(url)
-    deadline = time.monotonic() + policy.total_timeout_s
-    too_slow = f"{field}: downloading {where} took over {policy.total_timeout_s:g} s"
-    with policy.session() as session:
-        try:
-            with session.get(
-                url,
-                stream=True,
-                timeout=(policy.connect_timeout_s, policy.read_timeout_s),
-                headers={"User-Agent": f"wan-i2v/{__version__}"},
-            ) as response:
-                if response.status_code != 200:
-                    raise InputError(f"{field}: downloading {where} failed with HTTP {response.status_code}")
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
-                    raise InputError(f"{field}: {where} is {int(declared)} bytes; {_size_limit()}")
-                body = bytearray()
-                while chunk := response.raw.read1(64 * 1024, decode_content=True):
-                    body += chunk
-                    if len(body) > MAX_IMAGE_BYTES:
-                        raise InputError(f"{field}: {where} is larger than allowed; {_size_limit()}")
-                    if time.monotonic() > deadline:
-                        raise InputError(too_slow)
-                return bytes(body)
-        except BlockedAddressError as exc:
-            raise InputError(f"{field}: {where} refused: {exc}") from None
-        except requests.TooManyRedirects:
-            raise InputError(f"{field}: {where} redirects more than {policy.max_redirects} times") from None
-        except requests.exceptions.InvalidSchema:
-            raise InputError(f"{field}: {where} redirects to a URL that is not http or https") from None
-        except (requests.Timeout, requests.ConnectionError, ReadTimeoutError, ProtocolError) as exc:
-            if not _timed_out(exc):
-                raise InputError(f"{field}: could not connect to {where} ({type(exc).__name__})") from None
-            raise InputError(
-                f"{field}: {where} did not answer in time (connect {policy.connect_timeout_s:g} s, "
-                f"read {policy.read_timeout_s:g} s)"
-            ) from None
-        except (requests.RequestException, HTTPError) as exc:
-            raise InputError(f"{field}: could not download {where} ({type(exc).__name__})") from None
-
-
-def _timed_out(exc: Exception) -> bool:
-    # A read timeout while streaming the body arrives as urllib3's own, or wrapped in a ConnectionError.
-    return isinstance(exc, (requests.Timeout, ReadTimeoutError)) or any(
-        isinstance(a, ReadTimeoutError) for a in exc.args
-    )
+    """Download through the address guard: timeouts, at most `max_redirects` redirects, a byte cap."""
+    body = bytearray()
+    download(field, url, policy, MAX_IMAGE_BYTES, _size_limit(), body.extend)
+    return bytes(body)
 
 
 def _size_limit() -> str:

@@ -18,12 +18,25 @@ from typing import Any
 
 from ..bucket import BucketSettings
 from ..errors import InputError, JobError, SettingsError
-from ..schema import SEED_MAX, EngineReport, JobInput, JobOutput, Phase, Timings, parse_job_input, progress_event
-from .engine import Engine, GenerationParams
+from ..schema import (
+    SEED_MAX,
+    AppliedLora,
+    AppliedLoraFile,
+    EngineReport,
+    JobInput,
+    JobOutput,
+    LoraEntry,
+    Phase,
+    Timings,
+    parse_job_input,
+    progress_event,
+)
+from .engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams, JobLora
 from .hostmem import resident_bytes, trim_heap
 from .images import fit_image, load_image, output_size
+from .lora_files import LoraFile, LoraStore
 from .netguard import BlockedAddressError
-from .settings import Settings
+from .settings import GB, Settings
 from .storage import StoredVideo, inline_data_uri, local_name, object_key, save_local, upload_s3
 from .timing import timed
 from .video import encode_mp4
@@ -32,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # Receives (job, progress event) while a job runs; handler.py sends it to RunPod's /status.
 ProgressSink = Callable[[dict, dict], None]
+EXPERT_OF_SIDE = {"high": HIGH_NOISE, "low": LOW_NOISE}
 
 
 class Worker:
@@ -39,6 +53,15 @@ class Worker:
         self.engine = engine
         self.settings = settings
         self.progress = progress
+        lora = settings.loras
+        self.lora_store = LoraStore(
+            folder=lora.folder,
+            cache_dir=lora.cache_dir,
+            cache_max_bytes=int(lora.cache_gb * GB),
+            max_file_bytes=int(lora.max_gb * GB),
+            policy=settings.url_policy,
+            total_timeout_s=lora.timeout_s,
+        )
 
     def handle(self, job: dict) -> dict:
         job_id = str(job.get("id") or "local") if isinstance(job, dict) else "local"
@@ -127,7 +150,12 @@ class Worker:
             seed=seed,
             mode=request.mode,
         )
-        generated = self.engine.generate(params, image, last, on_progress=lambda *e, **d: self._report(job, *e, **d))
+        with self.lora_store.checkout() as fetch_lora:  # the files stay on disk until the job is done
+            with timed(timings, "lora_fetch"):
+                loras, applied = _fetch_loras(fetch_lora, request.loras)
+            generated = self.engine.generate(
+                params, image, last, on_progress=lambda *e, **d: self._report(job, *e, **d), loras=loras
+            )
         timings.update(generated.timings)
 
         with tempfile.TemporaryDirectory(prefix="wan-i2v-") as tmp:
@@ -157,6 +185,7 @@ class Worker:
             model=self.settings.model,
             storage=stored.location,
             timings=Timings(**timings, total=total),
+            loras=applied,
             engine=EngineReport(**generated.report),
         )
 
@@ -188,6 +217,22 @@ class Worker:
         return save_local(path, self.settings.output_dir, local_name(job_id, now))
 
 
+def _fetch_loras(
+    fetch: Callable[[str, str], LoraFile], entries: list[LoraEntry]
+) -> tuple[list[JobLora], list[AppliedLora]]:
+    """Every file of the job's `loras` on local disk and checked, before the engine reads any."""
+    loras, applied = [], []
+    for index, entry in enumerate(entries):
+        ran = {}
+        for side, (source, scale) in entry.files().items():
+            field = f"loras[{index}].{side}"
+            found = fetch(field, source)
+            loras.append(JobLora(EXPERT_OF_SIDE[side], found.path, scale, f"{field} ({found.shown})"))
+            ran[side] = AppliedLoraFile(source=found.shown, scale=scale, sha256=found.sha256)
+        applied.append(AppliedLora(**ran))
+    return loras, applied
+
+
 def build_worker(settings: Settings | None = None, progress: ProgressSink | None = None) -> Worker:
     """Cold start: read settings, load the model once, log what was chosen."""
     started = time.perf_counter()
@@ -210,6 +255,14 @@ def build_worker(settings: Settings | None = None, progress: ProgressSink | None
         engine.plan.name,
         engine.quant,
         storage,
+    )
+    lora = settings.loras
+    log.info(
+        "job LoRAs: folder %s; URLs cached in %s (at most %g GB, files up to %g GB)",
+        lora.folder if lora.folder is not None else "none (set WAN_LORA_DIR)",
+        lora.cache_dir,
+        lora.cache_gb,
+        lora.max_gb,
     )
     if settings.bucket is None and os.environ.get("RUNPOD_POD_ID"):
         log.warning(

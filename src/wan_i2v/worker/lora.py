@@ -1,16 +1,19 @@
 """LoRA files for the Wan2.2 experts: read safely, map onto an expert, fuse into it or attach for one job.
 
-Two key layouts are read:
-- the original Wan layout of the lightx2v files (`diffusion_model.blocks.N.self_attn.q.lora_down.weight`,
+Three key layouts are read:
+- the original Wan layout of the lightx2v files and of ComfyUI (`diffusion_model.blocks.N.self_attn.q.lora_down.weight`,
   `lora_up.weight`, optional `alpha`, and full deltas `.diff` for weights, `.diff_b` for biases and
   `.diff_m` for modulation tables), as LightX2V's extractor writes them;
+- the kohya layout of musubi-tuner, the common Wan trainer (`lora_unet_blocks_N_self_attn_q.lora_down.weight`,
+  `lora_up.weight`, `alpha`): the original names with dots flattened to underscores;
 - the diffusers/PEFT layout (`transformer.blocks.N.attn1.to_q.lora_A.weight`, `lora_B.weight`, `lora_B.bias`).
 
-diffusers converts the first layout too, but drops the norm and modulation deltas that the lightx2v
-files carry (see the README's turbo section), so the mapping is ours; tests check it against diffusers'
-own conversion on the keys both handle. Keys for Wan2.1's image branch (`k_img`, `v_img`, `norm_k_img`,
-`img_emb`), which the lightx2v low-noise file carries but Wan2.2 I2V-A14B does not have, are skipped;
-any other key that fits no module, or a shape that does not fit, is an error naming the key.
+diffusers converts the first two layouts too, but drops the norm and modulation deltas that the lightx2v
+files carry (see the README's turbo section) and refuses kohya files that skip a layer, so the mapping
+is ours; tests check it against diffusers' own conversion on the keys both handle. Keys for Wan2.1's
+image branch (`k_img`, `v_img`, `norm_k_img`, `img_emb`), which the lightx2v low-noise file and LoRAs
+trained on Wan2.1 carry but Wan2.2 I2V-A14B does not have, are skipped; any other key that fits no
+module, or a shape that does not fit, is an error naming the key.
 """
 
 from __future__ import annotations
@@ -54,21 +57,44 @@ RENAMES = [
 ]
 
 
+# Kohya (musubi-tuner) module names: the original names with "." flattened to "_" (ambiguous, hence a table).
+KOHYA_NAMES = [
+    (re.compile(r"^blocks_(\d+)_(self_attn|cross_attn)_(q|k|v|o|norm_q|norm_k)$"), r"blocks.\1.\2.\3"),
+    (re.compile(r"^blocks_(\d+)_ffn_([02])$"), r"blocks.\1.ffn.\2"),
+    (re.compile(r"^blocks_(\d+)_(norm3|modulation)$"), r"blocks.\1.\2"),
+    (re.compile(r"^(text_embedding|time_embedding)_([02])$"), r"\1.\2"),
+    (re.compile(r"^time_projection_1$"), "time_projection.1"),
+    (re.compile(r"^head_(head|modulation)$"), r"head.\1"),
+    (re.compile(r"^patch_embedding$"), "patch_embedding"),
+]
+KOHYA_PREFIX = "lora_unet_"
+KOHYA_ABSENT_BRANCH = re.compile(r"(^|_)(k_img|v_img|norm_k_img|img_emb)(_|$)")
+
+
 class LoraError(InputError):
     """A LoRA file that cannot be read or does not fit the model."""
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors file, never unpickling anything; LoraError naming the file otherwise."""
+def read_safetensors(path: Path, shown: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file, never unpickling anything; LoraError naming the file (or `shown`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    shown = shown or path.name
     if path.suffix != SAFETENSORS_SUFFIX:
-        raise LoraError(f"{path.name}: only {SAFETENSORS_SUFFIX} files are loaded (no pickle)")
+        raise LoraError(f"{shown}: only {SAFETENSORS_SUFFIX} files are loaded (no pickle)")
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise LoraError(f"{path.name}: not a readable safetensors file ({exc})") from None
+        raise LoraError(f"{shown}: not a readable safetensors file ({exc})") from None
+
+
+def kohya_to_original(flat: str) -> str | None:
+    """`blocks_0_self_attn_q` -> `blocks.0.self_attn.q` (None for a name of no Wan module)."""
+    for pattern, replacement in KOHYA_NAMES:
+        if pattern.match(flat):
+            return pattern.sub(replacement, flat)
+    return None
 
 
 def diffusers_name(original: str) -> str | None:
@@ -116,17 +142,32 @@ def _split(key: str) -> tuple[str, str]:
     return module, suffix
 
 
-def parse_lora(state: dict[str, torch.Tensor], expert: torch.nn.Module, source: str) -> ExpertLora:
-    """Map a LoRA state dict onto `expert`, checking every key and shape; LoraError naming what does not fit."""
+def parameter_shapes(expert: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape, taken while the expert is whole (a parked expert's parameters are empty)."""
+    return {name: tuple(p.shape) for name, p in expert.named_parameters()}
+
+
+def parse_lora(
+    state: dict[str, torch.Tensor],
+    expert: torch.nn.Module,
+    source: str,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> ExpertLora:
+    """Map a LoRA state dict onto `expert`, checking every key and shape against `shapes` (default: the
+    expert's own, see `parameter_shapes`); LoraError naming what does not fit."""
     if not state:
         raise LoraError(f"{source}: holds no tensors")
+    if any(k.endswith("dora_scale") for k in state):
+        raise LoraError(f"{source}: a DoRA file (dora_scale keys); only plain LoRA files are supported")
+    result = ExpertLora(source)
+    if any(k.startswith(KOHYA_PREFIX) for k in state):
+        state = _from_kohya(state, source, result.skipped)
     original = any(k.startswith("diffusion_model.") for k in state)
     modules = dict(expert.named_modules())
-    parameters = dict(expert.named_parameters())
+    parameters = shapes if shapes is not None else parameter_shapes(expert)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
-    result = ExpertLora(source)
     for key, tensor in state.items():
-        bare = key.removeprefix("diffusion_model.").removeprefix("transformer.")
+        bare = key.removeprefix("diffusion_model.").removeprefix("base_model.model.").removeprefix("transformer.")
         if ABSENT_BRANCH.search(bare):
             result.skipped.append(key)
             continue
@@ -142,10 +183,9 @@ def parse_lora(state: dict[str, torch.Tensor], expert: torch.nn.Module, source: 
             param = name if name in parameters else f"{name}.{'weight' if suffix == 'diff' else 'bias'}"
             if param not in parameters:
                 raise LoraError(f"{source}: key {key!r}: {name} has no such parameter")
-            if tuple(tensor.shape) != tuple(parameters[param].shape):
+            if tuple(tensor.shape) != parameters[param]:
                 raise LoraError(
-                    f"{source}: key {key!r} has shape {tuple(tensor.shape)}, "
-                    f"{param} has {tuple(parameters[param].shape)}"
+                    f"{source}: key {key!r} has shape {tuple(tensor.shape)}, {param} has {parameters[param]}"
                 )
             result.diffs[param] = tensor
         else:
@@ -158,7 +198,7 @@ def parse_lora(state: dict[str, torch.Tensor], expert: torch.nn.Module, source: 
             raise LoraError(f"{source}: {name} has only one half of its LoRA pair")
         if not isinstance(module, torch.nn.Linear):
             raise LoraError(f"{source}: {name} is not a linear layer; LoRA pairs fit linear layers only")
-        out_features, in_features = module.weight.shape
+        out_features, in_features = parameters[f"{name}.weight"]
         if down.dim() != 2 or up.dim() != 2 or down.shape[0] != up.shape[1]:
             raise LoraError(f"{source}: {name}: down {tuple(down.shape)} and up {tuple(up.shape)} are not a LoRA pair")
         if down.shape[1] != in_features or up.shape[0] != out_features:
@@ -176,6 +216,24 @@ def parse_lora(state: dict[str, torch.Tensor], expert: torch.nn.Module, source: 
     return result
 
 
+def _from_kohya(state: dict[str, torch.Tensor], source: str, skipped: list[str]) -> dict[str, torch.Tensor]:
+    """A kohya state dict in the original layout (`diffusion_model.blocks.0.self_attn.q.lora_down.weight`);
+    keys of Wan2.1's image branch go to `skipped`."""
+    renamed = {}
+    for key, tensor in state.items():
+        flat, dot, suffix = key.removeprefix(KOHYA_PREFIX).partition(".")
+        if not key.startswith(KOHYA_PREFIX) or not dot:
+            raise LoraError(f"{source}: key {key!r} mixes layouts; a kohya file has only lora_unet_* keys")
+        if KOHYA_ABSENT_BRANCH.search(flat):
+            skipped.append(key)
+            continue
+        original = kohya_to_original(flat)
+        if original is None:
+            raise LoraError(f"{source}: key {key!r} fits no module of Wan2.2 I2V-A14B")
+        renamed[f"diffusion_model.{original}.{suffix}"] = tensor
+    return renamed
+
+
 @torch.no_grad()
 def fuse(expert: torch.nn.Module, lora: ExpertLora, scale: float = 1.0) -> None:
     """Add the LoRA into the expert's weights (computed in fp32): no cost per step afterwards."""
@@ -188,85 +246,114 @@ def fuse(expert: torch.nn.Module, lora: ExpertLora, scale: float = 1.0) -> None:
         param.copy_((param.float() + scale * delta.float().to(param.device)).to(param.dtype))
 
 
-class Adapter:
-    """A LoRA kept on an expert, off (scale 0) until a job turns it on, without touching linear weights.
+@dataclass
+class _Slot:
+    """What one linear layer adds to its output while LoRAs are attached; all None when nothing is."""
 
-    Linear layers get a forward hook adding `scale * up(down(x))` (and `scale * x @ diff.T` for a full
-    weight delta); other parameters (biases, norms, modulation) are patched in place while on and
-    restored exactly from a copy. The hooks are registered once, before the blocks are compiled, and
-    read `scale` each call: torch.compile traces them with the blocks and guards on the value (one graph
-    with the deltas, one without; hooks added after compiling would be silently ignored).
-    `patch_params`/`restore_params` are separate so that an expert parked in host memory (the swap
-    plan) is patched only while it is on the GPU.
+    down: torch.Tensor | None = None  # (rank, in): the attached pairs' down matrices, stacked
+    up: torch.Tensor | None = None  # (out, rank): their up matrices, each pair's strength folded in
+    full: torch.Tensor | None = None  # (out, in): the sum of full weight deltas, strengths folded in
+
+    def clear(self) -> None:
+        self.down = self.up = self.full = None
+
+
+class Adapter:
+    """The LoRA hooks of one expert: adding nothing until a job attaches LoRAs, and nothing again after it.
+
+    Every linear layer gets a forward hook, registered once before the blocks are compiled, that adds
+    `up(down(x))` (and `x @ full.T` for a full weight delta) from its slot. Attaching stacks all of a
+    job's LoRAs on that layer into one pair with the strengths folded into `up`, so any number of LoRAs
+    costs two thin matmuls, and a strength is data, not a value torch.compile would guard on (a slot that
+    is empty or not is: one graph without LoRAs, one with). Linear weights are never touched, so
+    quantised experts take LoRAs too. Other parameters (biases, norms, modulation) are patched in place
+    while attached and restored exactly from a copy; `patch_params`/`restore_params` are separate so
+    that an expert parked in host memory (the swap plan) is patched only while it is on the GPU.
     """
 
-    def __init__(self, expert: torch.nn.Module, lora: ExpertLora):
-        self.expert, self.lora, self.scale = expert, lora, 0.0
+    def __init__(self, expert: torch.nn.Module):
+        self.expert = expert
+        linears = {name: m for name, m in expert.named_modules() if isinstance(m, torch.nn.Linear)}
+        self._slots = {name: _Slot() for name in linears}
+        self._parameters = dict(expert.named_parameters())  # Parameter objects outlive parking (only .data changes)
+        self._param_diffs: dict[str, torch.Tensor] = {}
         self._saved: dict[str, torch.Tensor] = {}
-        modules = dict(expert.named_modules())
-        linear_weights = {f"{n}.weight": n for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
-        by_module: dict[str, list] = {}
-        for name, pair in lora.low_rank.items():
-            by_module.setdefault(name, []).append(("pair", pair))
-        self._param_diffs = {}
-        for param, delta in lora.diffs.items():
-            if param in linear_weights:
-                by_module.setdefault(linear_weights[param], []).append(("full", delta))
-            else:
-                self._param_diffs[param] = delta
-        parameters = dict(expert.named_parameters())  # Parameter objects outlive parking (only .data changes)
-        self._params = {name: parameters[name] for name in self._param_diffs}
-        self._hooks = [
-            modules[name].register_forward_hook(_delta_hook(self, parts)) for name, parts in by_module.items()
-        ]
+        self._hooks = [module.register_forward_hook(_slot_hook(self._slots[name])) for name, module in linears.items()]
 
-    def activate(self, scale: float) -> None:
-        self.scale = float(scale)
+    @property
+    def attached(self) -> bool:
+        return bool(self._param_diffs) or any(s.down is not None or s.full is not None for s in self._slots.values())
+
+    @torch.no_grad()
+    def attach(self, parts: list[tuple[ExpertLora, float]]) -> None:
+        """Add these LoRAs at these strengths (0 leaves one out) to what is attached (nothing, between jobs)."""
+        downs: dict[str, list[torch.Tensor]] = {}
+        ups: dict[str, list[torch.Tensor]] = {}
+        fulls: dict[str, torch.Tensor] = {}  # summed in fp32, kept in the LoRA's dtype
+        diffs = self._param_diffs  # summed in fp32, added to the parameter in fp32
+        dtypes: dict[str, torch.dtype] = {}
+        for lora, strength in parts:
+            if strength == 0.0:
+                continue
+            for name, pair in lora.low_rank.items():
+                factor = strength * pair.scale
+                downs.setdefault(name, []).append(pair.down)
+                ups.setdefault(name, []).append(
+                    pair.up if factor == 1.0 else (pair.up.float() * factor).to(pair.up.dtype)
+                )
+            for param, delta in lora.diffs.items():
+                module = param.removesuffix(".weight")
+                target, key = (fulls, module) if param.endswith(".weight") and module in self._slots else (diffs, param)
+                target[key] = target[key] + strength * delta.float() if key in target else strength * delta.float()
+                dtypes[key] = delta.dtype
+        for name in downs.keys() | fulls.keys():
+            slot = self._slots[name]
+            if name in downs:
+                slot.down = torch.cat(([slot.down] if slot.down is not None else []) + downs[name])
+                slot.up = torch.cat(([slot.up] if slot.up is not None else []) + ups[name], dim=1)
+            if name in fulls:
+                added = fulls[name].to(dtypes[name])
+                slot.full = added if slot.full is None else slot.full + added
 
     @torch.no_grad()
     def patch_params(self) -> None:
         """Called before each step of the expert: patches what is not patched yet."""
-        if self.scale == 0.0:
-            return
         for name, delta in self._param_diffs.items():
             if name in self._saved:
                 continue
-            param = self._params[name]
+            param = self._parameters[name]
             self._saved[name] = param.detach().clone()
-            param.copy_((param.float() + self.scale * delta.float().to(param.device)).to(param.dtype))
+            param.copy_((param.float() + delta.to(param.device)).to(param.dtype))
 
     @torch.no_grad()
     def restore_params(self, parked: bool = False) -> None:
         """Put the saved values back (or, for an expert whose device copy was just dropped, only forget them)."""
         for name, saved in self._saved.items():
             if not parked:
-                self._params[name].copy_(saved)
+                self._parameters[name].copy_(saved)
         self._saved.clear()
 
-    def deactivate(self, parked: bool = False) -> None:
-        self.scale = 0.0
+    def detach(self, parked: bool = False) -> None:
+        """Back to the expert's own weights: patched parameters restored, every slot empty."""
         self.restore_params(parked)
+        self._param_diffs.clear()
+        for slot in self._slots.values():
+            slot.clear()
 
     def remove(self) -> None:
-        self.deactivate()
+        self.detach()
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
 
 
-def _delta_hook(adapter: Adapter, parts: list):
+def _slot_hook(slot: _Slot):
     def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        scale = adapter.scale
-        if scale == 0.0:
-            return output
-        x = args[0]
-        for kind, value in parts:
-            if kind == "pair":
-                output = output + F.linear(F.linear(x.to(value.down.dtype), value.down), value.up) * (
-                    scale * value.scale
-                )
-            else:
-                output = output + F.linear(x.to(value.dtype), value) * scale
+        if slot.down is not None:
+            x = args[0]
+            output = output + F.linear(F.linear(x.to(slot.down.dtype), slot.down), slot.up)
+        if slot.full is not None:
+            output = output + F.linear(args[0].to(slot.full.dtype), slot.full)
         return output
 
     return hook

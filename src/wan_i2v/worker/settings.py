@@ -13,6 +13,8 @@ from ..errors import SettingsError
 from .netguard import UrlPolicy
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+VOLUME_LORA_DIR = Path("/runpod-volume/loras")  # a RunPod network volume is mounted at /runpod-volume
+GB = 1024**3
 ON_OFF_AUTO = ("auto", "on", "off")
 # The allowed values of the engine's settings; the modules that act on them import these.
 QUANT_CHOICES = ("auto", "fp8", "int8", "none")
@@ -81,6 +83,35 @@ def parse_step_cache(value: str) -> float | None:
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    """Where a job's LoRAs come from and how URL downloads are bounded (README, "Your own LoRAs")."""
+
+    folder: Path | None = None  # WAN_LORA_DIR; default /runpod-volume/loras when it exists
+    cache_dir: Path = Path("~/.cache/wan-i2v/loras").expanduser()  # WAN_LORA_CACHE_DIR
+    cache_gb: float = 20.0  # WAN_LORA_CACHE_GB: the download cache's bound (least recently used files go)
+    max_gb: float = 2.0  # WAN_LORA_MAX_GB: the largest LoRA file a URL may give
+    timeout_s: float = 600.0  # WAN_LORA_TIMEOUT_S: the longest one download may take
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LoraSettings:
+        if env.get("WAN_LORA_DIR"):
+            folder = Path(env["WAN_LORA_DIR"])
+        else:
+            folder = VOLUME_LORA_DIR if VOLUME_LORA_DIR.is_dir() else None
+        values = {}
+        for name, field, low in (
+            ("WAN_LORA_CACHE_GB", "cache_gb", 0.0),
+            ("WAN_LORA_MAX_GB", "max_gb", 0.0),
+            ("WAN_LORA_TIMEOUT_S", "timeout_s", 1.0),
+        ):
+            values[field] = env_float(env, name, getattr(cls, field))
+            if not values[field] > low or values[field] != values[field] or values[field] == float("inf"):
+                raise SettingsError(f"{name}={env.get(name)!r}: must be a number above {low:g}")
+        cache_dir = Path(env["WAN_LORA_CACHE_DIR"]).expanduser() if env.get("WAN_LORA_CACHE_DIR") else cls.cache_dir
+        return cls(folder=folder, cache_dir=cache_dir, **values)
+
+
+@dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
     engine: EngineOptions = EngineOptions()
@@ -89,6 +120,7 @@ class Settings:
     video_crf: int = 18
     bucket: BucketSettings | None = None
     url_policy: UrlPolicy = UrlPolicy()
+    loras: LoraSettings = LoraSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +136,7 @@ class Settings:
             video_crf=crf,
             bucket=BucketSettings.from_env(env),
             url_policy=_url_policy(env),
+            loras=LoraSettings.from_env(env),
         )
 
 

@@ -1,0 +1,329 @@
+"""A job's LoRA sources as checked .safetensors files on local disk: a name in the worker's LoRA folder,
+or an http(s) URL through a download cache.
+
+A public endpoint reads files that strangers name, so each rule answers a threat:
+- path tricks: a folder name is relative, has no `..`, backslash or control character, and its real
+  path (symlinks followed) must lie inside the folder's real path, so a symlink cannot lead out;
+- pickle: only `.safetensors` names are read, and every file's layout is checked byte for byte
+  against its header (`check_safetensors`) before the loader sees it; nothing is ever unpickled;
+- SSRF: URLs go through the image address guard (private and metadata addresses refused unless
+  `WAN_URL_ALLOW` names them; every redirect checked);
+- huge or slow downloads: a byte cap (the declared length and the bytes counted), connect and read
+  deadlines, and a deadline for the whole download that a trickling server cannot stretch;
+- cache poisoning: a download lands in a temporary file, is hashed and checked, and only then renamed
+  into the cache; a failed or corrupt download leaves nothing behind.
+
+The cache is a folder of `<key>.safetensors` files with a `<key>.json` note each (shown URL, ETag,
+sha256, size), keyed by the sha256 of the whole URL, bounded in bytes with the least recently used
+files evicted first. A per-key `flock` makes concurrent jobs (threads here, or other workers sharing
+the folder on a network volume) download a URL once: the second waits and finds the file. A file
+handed to a job is hard-linked into the job's own temporary folder inside the cache, so it stays
+readable until the job ends even if an eviction, here or in another worker, removes the entry.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+from ..errors import InputError
+from .download import download
+from .lora import SAFETENSORS_SUFFIX, LoraError
+from .netguard import UrlPolicy, shown_url
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+JOBS_FOLDER = "in-use"  # per-checkout folders of hard links, inside the cache folder
+SHOWN_NAMES = 10
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    path: Path  # the local file to read; valid until the checkout ends
+    shown: str  # the folder name as given, or the URL without its query string
+    sha256: str
+    size: int
+    downloaded: bool  # this call downloaded it (False: a folder file, or a cache hit)
+
+
+def is_url(source: str) -> bool:
+    return source.split(":", 1)[0].lower() in ("http", "https") and "://" in source
+
+
+def check_safetensors(path: Path, shown: str) -> None:
+    """The safetensors layout, checked without loading a tensor: an 8-byte header length, a JSON header,
+    and tensors that tile the data area exactly. LoraError naming `shown` otherwise (a pickle, a
+    truncated or padded file, offsets that point anywhere else)."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+            raise LoraError(f"{shown}: not a safetensors file (no safetensors header: a pickle or another format?)")
+        raw = file.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise LoraError(f"{shown}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise LoraError(f"{shown}: not a safetensors file (its header is not a JSON object)")
+    data_bytes = size - 8 - length
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        spans.append((*_span(info, name, shown), name))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if end > data_bytes:
+            raise LoraError(f"{shown}: truncated: tensor {name!r} ends at byte {end}, the data has {data_bytes}")
+        if begin != position:
+            raise LoraError(f"{shown}: corrupt: tensor {name!r} starts at byte {begin}, expected {position}")
+        position = end
+    if position != data_bytes:
+        raise LoraError(f"{shown}: corrupt: {data_bytes - position} bytes after the last tensor")
+
+
+def _span(info, name: str, shown: str) -> tuple[int, int]:
+    bad = LoraError(f"{shown}: corrupt: the header entry of tensor {name!r} is malformed")
+    if not isinstance(info, dict) or info.get("dtype") not in DTYPE_BYTES:
+        raise bad
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise bad
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(n, int) for n in offsets):
+        raise bad
+    begin, end = offsets
+    if not 0 <= begin <= end or end - begin != math.prod(shape) * DTYPE_BYTES[info["dtype"]]:
+        raise LoraError(f"{shown}: corrupt: tensor {name!r} does not fill its {end - begin} bytes")
+    return begin, end
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+@contextmanager
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on `path` (created if missing); yields False when `wait` is off and it is busy."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class LoraStore:
+    """Where a job's LoRA files come from: the folder, or URLs through the cache (see the module docstring)."""
+
+    def __init__(
+        self,
+        folder: Path | None,
+        cache_dir: Path,
+        cache_max_bytes: int,
+        max_file_bytes: int,
+        policy: UrlPolicy,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        total_timeout_s: float = 600.0,
+    ):
+        self.folder, self.cache_dir = folder, Path(cache_dir)
+        self.cache_max_bytes, self.max_file_bytes = cache_max_bytes, max_file_bytes
+        self.policy = replace(
+            policy, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s, total_timeout_s=total_timeout_s
+        )
+        self._hashes: dict[tuple, str] = {}  # (real path, size, mtime, inode) -> sha256 of a folder file
+
+    @contextmanager
+    def checkout(self) -> Iterator[Callable[[str, str], LoraFile]]:
+        """`with store.checkout() as fetch:` `fetch(field, source)` gives a LoraFile that stays readable
+        until the block ends; the links made for it are removed then."""
+        made: list[Path] = []
+
+        def fetch(field: str, source: str) -> LoraFile:
+            if is_url(source):
+                if not made:
+                    (self.cache_dir / JOBS_FOLDER).mkdir(parents=True, exist_ok=True)
+                    made.append(Path(tempfile.mkdtemp(prefix="job-", dir=self.cache_dir / JOBS_FOLDER)))
+                return self._from_url(field, source, made[0])
+            if ":" in source.split("/", 1)[0]:
+                scheme = source.split(":", 1)[0]
+                raise InputError(
+                    f"{field}: {scheme!r} sources are not allowed; give a .safetensors name in the worker's "
+                    "LoRA folder or an http(s) URL"
+                )
+            return self._from_folder(field, source)
+
+        try:
+            yield fetch
+        finally:
+            for folder in made:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # ---- the folder ---------------------------------------------------------------------------------
+    def _from_folder(self, field: str, name: str) -> LoraFile:
+        if self.folder is None or not self.folder.is_dir():
+            where = f" ({self.folder} does not exist)" if self.folder is not None else ""
+            raise InputError(
+                f"{field}: this worker has no LoRA folder{where}; the operator sets WAN_LORA_DIR "
+                "(or attaches a network volume with a loras/ folder). An http(s) URL works instead"
+            )
+        target = self._inside_folder(field, name)
+        stat = target.stat()
+        key = (str(target), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if key not in self._hashes:
+            check_safetensors(target, f"{field} ({name})")
+            self._hashes[key] = _sha256(target)
+        return LoraFile(target, name, self._hashes[key], stat.st_size, downloaded=False)
+
+    def _inside_folder(self, field: str, name: str) -> Path:
+        if "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise InputError(f"{field}: {name!r} has a backslash or a control character; give a plain file name")
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise InputError(
+                f"{field}: {name!r} is not allowed: give a name inside the LoRA folder (no absolute path, no '..')"
+            )
+        if pure.suffix != SAFETENSORS_SUFFIX:
+            raise InputError(f"{field}: {name!r}: only {SAFETENSORS_SUFFIX} files are loaded (never pickle)")
+        root = self.folder.resolve()
+        target = (root / pure).resolve()  # symlinks followed: where the name really leads
+        if not target.is_relative_to(root):
+            raise InputError(f"{field}: {name!r} leads out of the LoRA folder (a symlink); refused")
+        if not target.exists():
+            there = sorted(
+                str(p.relative_to(root)) for pattern in ("*", "*/*") for p in root.glob(pattern + ".safetensors")
+            )
+            listed = ", ".join(there[:SHOWN_NAMES]) + (", ..." if len(there) > SHOWN_NAMES else "")
+            raise InputError(
+                f"{field}: {name!r} is not in the LoRA folder; it has: {listed or 'no .safetensors files'}"
+            )
+        if not target.is_file():
+            raise InputError(f"{field}: {name!r} is not a file")
+        return target
+
+    # ---- URLs and the cache -------------------------------------------------------------------------
+    def _from_url(self, field: str, url: str, job_folder: Path) -> LoraFile:
+        shown = shown_url(url)
+        key = hashlib.sha256(url.encode()).hexdigest()
+        entry, note = self.cache_dir / f"{key}{SAFETENSORS_SUFFIX}", self.cache_dir / f"{key}.json"
+        link = job_folder / f"{len(list(job_folder.iterdir()))}{SAFETENSORS_SUFFIX}"
+        with _locked(self.cache_dir / f"{key}.lock"):
+            known = _read_note(note) if entry.is_file() else None
+            fresh = None
+            if known is None or known.get("etag"):
+                fresh = self._download(field, url, shown, known.get("etag") if known else None)
+            if fresh is None:  # a hit: no ETag to ask about, or the server said 304 Not Modified
+                os.utime(entry)
+                os.link(entry, link)
+                return LoraFile(link, shown, known["sha256"], known["size"], downloaded=False)
+            temporary, answer, digest = fresh
+            if answer.size > self.cache_max_bytes:  # bigger than the whole cache: this job's only
+                os.replace(temporary, link)
+                entry.unlink(missing_ok=True)
+                note.unlink(missing_ok=True)
+            else:
+                os.replace(temporary, entry)
+                _write_note(note, {"url": shown, "etag": answer.etag, "sha256": digest, "size": answer.size})
+                os.link(entry, link)
+        self._evict()
+        return LoraFile(link, shown, digest, answer.size, downloaded=True)
+
+    def _download(self, field: str, url: str, shown: str, etag: str | None):
+        """(temporary file, answer, sha256) of a checked download, or None when the server says 304."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=self.cache_dir)
+        temporary = Path(name)
+        digest = hashlib.sha256()
+        started = time.monotonic()
+        try:
+            with os.fdopen(handle, "wb") as out:
+
+                def write(chunk: bytes) -> None:
+                    digest.update(chunk)
+                    out.write(chunk)
+
+                answer = download(
+                    field,
+                    url,
+                    self.policy,
+                    self.max_file_bytes,
+                    f"LoRA files may be at most {_size_text(self.max_file_bytes)} (WAN_LORA_MAX_GB)",
+                    write,
+                    headers={"If-None-Match": etag, "Accept-Encoding": "identity"} if etag else {},
+                    bodiless=(304,) if etag else (),
+                )
+            if answer.status == 304:
+                temporary.unlink()
+                return None
+            check_safetensors(temporary, f"{field} ({shown})")
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        log.info("LoRA %s: %d bytes downloaded in %.1f s", shown, answer.size, time.monotonic() - started)
+        return temporary, answer, digest.hexdigest()
+
+    def _evict(self) -> None:
+        """Least recently used entries out until the cache is within its bound; busy keys are skipped."""
+        entries = []
+        for path in self.cache_dir.glob(f"*{SAFETENSORS_SUFFIX}"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # evicted by another worker meanwhile
+                continue
+            entries.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.cache_max_bytes:
+                break
+            key = path.name.removesuffix(SAFETENSORS_SUFFIX)
+            with _locked(self.cache_dir / f"{key}.lock", wait=False) as free:
+                if not free:
+                    continue
+                path.unlink(missing_ok=True)
+                (self.cache_dir / f"{key}.json").unlink(missing_ok=True)
+            total -= size
+            log.info("LoRA cache: evicted %s (%d bytes, least recently used)", path.name, size)
+
+
+def _size_text(size: int) -> str:
+    for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} bytes"
+
+
+def _read_note(path: Path) -> dict | None:
+    try:
+        note = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # no note (or a broken one): the entry is fetched again
+    return note if isinstance(note, dict) and isinstance(note.get("sha256"), str) else None
+
+
+def _write_note(path: Path, note: dict) -> None:
+    temporary = path.with_suffix(".json.part")
+    temporary.write_text(json.dumps(note))
+    os.replace(temporary, path)
