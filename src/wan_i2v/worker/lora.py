@@ -309,8 +309,8 @@ class Adapter:
         for name in downs.keys() | fulls.keys():
             slot = self._slots[name]
             if name in downs:
-                slot.down = torch.cat(([slot.down] if slot.down is not None else []) + downs[name])
-                slot.up = torch.cat(([slot.up] if slot.up is not None else []) + ups[name], dim=1)
+                slot.down = _stacked(slot.down, downs[name], 0)
+                slot.up = _stacked(slot.up, ups[name], 1)
             if name in fulls:
                 added = fulls[name].to(dtypes[name])
                 slot.full = added if slot.full is None else slot.full + added
@@ -345,6 +345,12 @@ class Adapter:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+
+
+def _stacked(current: torch.Tensor | None, added: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """`current` and `added` concatenated along the rank; a lone LoRA's own tensor (no copy)."""
+    tensors = ([current] if current is not None else []) + added
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
 
 
 def _slot_hook(slot: _Slot):
