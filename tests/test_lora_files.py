@@ -320,3 +320,23 @@ def test_concurrent_jobs_asking_for_one_url_download_it_once(tmp_path, counting)
     assert len(counting.gets("/shared.safetensors")) == 1
     assert [data for _, data in results] == [body] * 3
     assert sorted(found.downloaded for found, _ in results) == [False, False, True]
+
+
+def test_what_a_killed_worker_left_is_swept_and_a_fresh_download_is_not(tmp_path, counting):
+    import os
+
+    counting.files["/a.safetensors"] = (lora_bytes(tmp_path), None)
+    store = store_for(tmp_path, total_timeout_s=5.0)
+    fetch_one(store, f"{counting.url}/a.safetensors")  # creates the cache
+    cache = tmp_path / "cache"
+    stale_part, live_part = cache / "download-old.part", cache / "download-live.part"
+    stale_job = cache / "in-use" / "job-old"
+    for path in (stale_part, live_part):
+        path.write_bytes(b"partial")
+    stale_job.mkdir()
+    (stale_job / "0.safetensors").write_bytes(b"x")
+    os.utime(stale_part, (time.time() - 120, time.time() - 120))  # idle longer than a download may take
+    os.utime(stale_job, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    counting.files["/b.safetensors"] = (lora_bytes(tmp_path, 5), None)
+    fetch_one(store, f"{counting.url}/b.safetensors")  # a download sweeps after storing
+    assert not stale_part.exists() and not stale_job.exists() and live_part.exists()

@@ -51,6 +51,7 @@ DTYPE_BYTES = {
 }  # fmt: skip
 JOBS_FOLDER = "in-use"  # per-checkout folders of hard links, inside the cache folder
 SHOWN_NAMES = 10
+STALE_JOB_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,25 @@ class LoraStore:
                 (self.cache_dir / f"{key}.json").unlink(missing_ok=True)
             total -= size
             log.info("LoRA cache: evicted %s (%d bytes, least recently used)", path.name, size)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove what a killed worker left: downloads idle for longer than any download may take, and job
+        link folders older than a day (a running download's file is written to all the time)."""
+        now = time.time()
+        leftovers = [(p, self.policy.total_timeout_s + 60) for p in self.cache_dir.glob("download-*.part")]
+        leftovers += [(p, STALE_JOB_S) for p in (self.cache_dir / JOBS_FOLDER).glob("job-*")]
+        for path, age in leftovers:
+            try:
+                if now - path.stat().st_mtime <= age:
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                log.info("LoRA cache: removed %s, left by a stopped worker", path.name)
+            except FileNotFoundError:  # another worker removed it meanwhile
+                continue
 
 
 def _size_text(size: int) -> str:
