@@ -340,3 +340,13 @@ def test_what_a_killed_worker_left_is_swept_and_a_fresh_download_is_not(tmp_path
     counting.files["/b.safetensors"] = (lora_bytes(tmp_path, 5), None)
     fetch_one(store, f"{counting.url}/b.safetensors")  # a download sweeps after storing
     assert not stale_part.exists() and not stale_job.exists() and live_part.exists()
+
+
+def test_a_cache_folder_that_cannot_be_written_is_named_for_the_operator(tmp_path, counting):
+    from wan_i2v.errors import JobError
+
+    counting.files["/a.safetensors"] = (lora_bytes(tmp_path), None)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    with pytest.raises(JobError, match=r"^loras\[0\]\.high: the LoRA download cache .*cache cannot be used") as failed:
+        fetch_one(store_for(tmp_path), f"{counting.url}/a.safetensors")
+    assert "WAN_LORA_CACHE_DIR" in str(failed.value) and not isinstance(failed.value, InputError)

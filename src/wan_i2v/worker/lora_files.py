@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from ..errors import InputError
+from ..errors import InputError, JobError
 from .download import download
 from .lora import SAFETENSORS_SUFFIX, LoraError
 from .netguard import UrlPolicy, shown_url
@@ -165,10 +165,16 @@ class LoraStore:
 
         def fetch(field: str, source: str) -> LoraFile:
             if is_url(source):
-                if not made:
-                    (self.cache_dir / JOBS_FOLDER).mkdir(parents=True, exist_ok=True)
-                    made.append(Path(tempfile.mkdtemp(prefix="job-", dir=self.cache_dir / JOBS_FOLDER)))
-                return self._from_url(field, source, made[0])
+                try:
+                    if not made:
+                        (self.cache_dir / JOBS_FOLDER).mkdir(parents=True, exist_ok=True)
+                        made.append(Path(tempfile.mkdtemp(prefix="job-", dir=self.cache_dir / JOBS_FOLDER)))
+                    return self._from_url(field, source, made[0])
+                except OSError as exc:  # the operator's disk, not the caller's input: say where
+                    raise JobError(
+                        f"{field}: the LoRA download cache {self.cache_dir} cannot be used ({exc}); "
+                        "the operator should check WAN_LORA_CACHE_DIR and its free space"
+                    ) from None
             if ":" in source.split("/", 1)[0]:
                 scheme = source.split(":", 1)[0]
                 raise InputError(
@@ -238,7 +244,7 @@ class LoraStore:
                 fresh = self._download(field, url, shown, known.get("etag") if known else None)
             if fresh is None:  # a hit: no ETag to ask about, or the server said 304 Not Modified
                 os.utime(entry)
-                os.link(entry, link)
+                _link(entry, link)
                 return LoraFile(link, shown, known["sha256"], known["size"], downloaded=False)
             temporary, answer, digest = fresh
             if answer.size > self.cache_max_bytes:  # bigger than the whole cache: this job's only
@@ -248,7 +254,7 @@ class LoraStore:
             else:
                 os.replace(temporary, entry)
                 _write_note(note, {"url": shown, "etag": answer.etag, "sha256": digest, "size": answer.size})
-                os.link(entry, link)
+                _link(entry, link)
         self._evict()
         return LoraFile(link, shown, digest, answer.size, downloaded=True)
 
@@ -326,6 +332,14 @@ class LoraStore:
                 log.info("LoRA cache: removed %s, left by a stopped worker", path.name)
             except FileNotFoundError:  # another worker removed it meanwhile
                 continue
+
+
+def _link(entry: Path, link: Path) -> None:
+    """The job's own name for a cache entry: a hard link, or a copy where the filesystem has none."""
+    try:
+        os.link(entry, link)
+    except OSError:
+        shutil.copyfile(entry, link)
 
 
 def _size_text(size: int) -> str:
