@@ -1,5 +1,6 @@
-# wan-i2v: Wan2.2 I2V-A14B image-to-video on RunPod serverless.
-#   docker build -t wan-i2v .
+# wan-i2v: Wan2.2 I2V-A14B image-to-video on RunPod serverless. Two images from this file:
+#   docker build -t wan-i2v .                                          # weights baked in (about 65 GB more)
+#   docker build --build-arg WAN_BAKE_WEIGHTS=false -t wan-i2v:slim .  # no weights: RunPod's model cache or a volume
 #   docker build --build-arg WAN_MODEL_ID=Wan-AI/Wan2.2-I2V-A14B-Diffusers --build-arg WAN_MODEL_REVISION=<commit> -t wan-i2v .
 # CUDA build of PyTorch from the base image; the CPU build is only for local tests (README).
 FROM pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
@@ -17,7 +18,8 @@ RUN pip install -r builder/requirements.txt
 # 2. Bake the weights (at least 65 GB) in their own layer, before the code, so that code changes
 #    do not download them again. The check uses the worker's own rules (wan_i2v/worker/weights.py).
 #    The turbo LoRA pair (README, "Turbo mode") goes to /models/wan/turbo-lora; an empty
-#    WAN_TURBO_LORA_FILES skips it (quality mode only).
+#    WAN_TURBO_LORA_FILES skips it (quality mode only). WAN_BAKE_WEIGHTS=false builds the slim image.
+ARG WAN_BAKE_WEIGHTS=true
 ARG WAN_MODEL_ID=Wan-AI/Wan2.2-I2V-A14B-Diffusers
 ARG WAN_MODEL_REVISION=main
 ARG WAN_TURBO_LORA_REPO=lightx2v/Wan2.2-Distill-Loras
@@ -25,8 +27,10 @@ ARG WAN_TURBO_LORA_FILES=wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1
 COPY builder/fetch_weights.py builder/fetch_weights.py
 COPY src/wan_i2v/__init__.py src/wan_i2v/errors.py src/wan_i2v/
 COPY src/wan_i2v/worker/__init__.py src/wan_i2v/worker/weights.py src/wan_i2v/worker/
-RUN python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dest /models/wan \
-        --turbo-lora-repo "${WAN_TURBO_LORA_REPO}" --turbo-lora-files "${WAN_TURBO_LORA_FILES}"
+RUN if [ "${WAN_BAKE_WEIGHTS}" = "true" ]; then \
+        python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dest /models/wan \
+            --turbo-lora-repo "${WAN_TURBO_LORA_REPO}" --turbo-lora-files "${WAN_TURBO_LORA_FILES}"; \
+    fi
 
 # 3. The worker itself.
 COPY pyproject.toml README.md ./
@@ -34,9 +38,12 @@ COPY src src
 RUN pip install --no-deps .
 COPY handler.py test_input.json ./
 
-# Nothing is downloaded at run time: the worker reads /models/wan and fails fast if it is incomplete.
+# Nothing is downloaded at run time. WAN_MODEL is the hub id: the worker takes the first complete copy of
+# RunPod's model cache, a network volume's /runpod-volume/models/<name>, the baked /models/wan, the local
+# Hugging Face cache (README, "Deploy"), and fails fast naming each place if none is complete.
 # The compile cache lives in the image's /cache unless WAN_COMPILE_CACHE points at a network volume.
-ENV WAN_MODEL=/models/wan \
+ENV WAN_MODEL=${WAN_MODEL_ID} \
+    WAN_BAKED_MODEL=/models/wan \
     WAN_COMPILE_CACHE=/cache/torch-compile \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \

@@ -25,13 +25,42 @@ def test_dockerfile_passes_hadolint():
 def test_dockerfile_runs_the_handler_offline_on_baked_weights():
     assert re.search(r"^FROM pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime$", DOCKERFILE, re.MULTILINE)
     assert 'CMD ["python", "-u", "handler.py"]' in DOCKERFILE
-    assert "HF_HUB_OFFLINE=1" in DOCKERFILE and "WAN_MODEL=/models/wan" in DOCKERFILE
+    assert "HF_HUB_OFFLINE=1" in DOCKERFILE and "WAN_MODEL=${WAN_MODEL_ID}" in DOCKERFILE
+    assert "WAN_BAKED_MODEL=/models/wan" in DOCKERFILE
     assert re.search(r"^ARG WAN_MODEL_ID=", DOCKERFILE, re.MULTILINE)
     assert "builder/fetch_weights.py" in DOCKERFILE and "--dest /models/wan" in DOCKERFILE
     # Every file the Dockerfile copies exists in the repository.
     for line in re.findall(r"^COPY (.+)$", DOCKERFILE, re.MULTILINE):
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_the_slim_image_skips_only_the_weights_and_starts_from_runpods_model_cache(tiny_model, tmp_path):
+    """WAN_BAKE_WEIGHTS=false: the one RUN that downloads is skipped, every file the worker needs is still
+    copied, and a worker with the weights only in RunPod's model-cache layout starts from there."""
+    from wan_i2v.worker.job import build_worker
+    from wan_i2v.worker.settings import Settings
+
+    assert re.search(r"^ARG WAN_BAKE_WEIGHTS=true$", DOCKERFILE, re.MULTILINE)
+    (fetch_step,) = [step for step in re.split(r"\n(?=[A-Z]+ )", DOCKERFILE) if "fetch_weights.py --model" in step]
+    assert fetch_step.startswith('RUN if [ "${WAN_BAKE_WEIGHTS}" = "true" ]; then') and "\n    fi\n" in fetch_step
+    copied = {src for line in re.findall(r"^COPY (.+)$", DOCKERFILE, re.MULTILINE) for src in line.split()[:-1]}
+    assert {"handler.py", "src", "pyproject.toml", "builder/requirements.txt"} <= copied
+
+    hub = tmp_path / "huggingface-cache" / "hub"
+    repo = hub / "models--Wan-AI--Wan2.2-I2V-A14B-Diffusers"
+    commit = "f" * 40
+    shutil.copytree(tiny_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {
+        "WAN_MODEL": "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+        "WAN_RUNPOD_CACHE": str(hub),
+        "WAN_BAKED_MODEL": str(tmp_path / "not-baked"),
+        "WAN_OUTPUT_DIR": str(tmp_path / "out"),
+    }
+    worker = build_worker(Settings.from_env(env))
+    assert worker.engine.cold_start.facts["weights"] == f"RunPod model cache: {repo / 'snapshots' / commit}"
 
 
 def test_image_pins_stay_inside_the_package_ranges():

@@ -11,7 +11,7 @@ import pytest
 from helpers import ROOT
 
 from wan_i2v.errors import ModelNotFoundError
-from wan_i2v.worker.weights import resolve_model
+from wan_i2v.worker.weights import ModelPlaces, find_model, resolve_model
 
 
 def resolve_in_subprocess(model: str, hf_home: Path) -> subprocess.CompletedProcess:
@@ -82,8 +82,8 @@ def test_a_local_directory_must_be_complete(tmp_path):
 def test_a_hub_id_that_is_not_cached_is_never_downloaded(tmp_path):
     done = resolve_in_subprocess("Wan-AI/Wan2.2-I2V-A14B-Diffusers", tmp_path / "hf")
     assert done.returncode == 1 and "ModelNotFoundError" in done.stderr
-    assert "has no snapshot in the local Hugging Face cache" in done.stderr
-    assert "Nothing is downloaded at run time" in done.stderr and "builder/fetch_weights.py" in done.stderr
+    assert "local Hugging Face cache: no snapshot in" in done.stderr
+    assert "nothing is downloaded at run time" in done.stderr and "builder/fetch_weights.py" in done.stderr
 
 
 def test_a_missing_or_incomplete_folder_says_what_is_missing_and_how_to_bake(tiny_model, tmp_path):
@@ -95,3 +95,65 @@ def test_a_missing_or_incomplete_folder_says_what_is_missing_and_how_to_bake(tin
     with pytest.raises(ModelNotFoundError, match="missing: transformer_2/config.json, transformer_2/\\*.safetensors"):
         resolve_model(str(partial))
     assert resolve_model(str(tiny_model)) == tiny_model
+
+
+REPO = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+
+
+def runpod_cache_entry(root: Path, source: Path, commits: dict[str, Path | None], main: str) -> Path:
+    """RunPod's model cache layout: ROOT/models--ORG--NAME/snapshots/<hash>/ per commit, refs/main naming one."""
+    folder = root / f"models--{REPO.replace('/', '--')}"
+    for commit, content in commits.items():
+        if content is None:
+            (folder / "snapshots" / commit).mkdir(parents=True)
+        else:
+            shutil.copytree(content, folder / "snapshots" / commit)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(main + "\n")
+    return folder / "snapshots" / main
+
+
+def test_each_source_in_order_and_refs_main_picks_the_snapshot(tiny_model, tmp_path):
+    places = ModelPlaces(
+        runpod_cache=tmp_path / "hf-cache" / "hub",
+        volume=tmp_path / "volume" / "wan",
+        baked=tmp_path / "baked",
+        local_cache=False,
+    )
+    with pytest.raises(ModelNotFoundError) as nowhere:
+        find_model(REPO, places)
+    text = str(nowhere.value)
+    assert "Looked at, in order: RunPod model cache: no models--Wan-AI--Wan2.2-I2V-A14B-Diffusers in" in text
+    assert f"; network volume: no folder {tmp_path / 'volume' / 'wan'}" in text
+    assert f"; baked into the image: no folder {tmp_path / 'baked'}" in text and "nothing is downloaded" in text
+    shutil.copytree(tiny_model, tmp_path / "baked")
+    assert find_model(REPO, places) == type(find_model(REPO, places))(tmp_path / "baked", "baked into the image")
+    shutil.copytree(tiny_model, tmp_path / "volume" / "wan")
+    assert find_model(REPO, places).source == "network volume"
+    old, new = "a" * 40, "b" * 40
+    chosen = runpod_cache_entry(places.runpod_cache, tiny_model, {old: tiny_model, new: tiny_model}, main=new)
+    found = find_model(REPO, places)
+    assert (found.path, found.source) == (chosen, "RunPod model cache") and found.path.name == new
+    # An explicit directory wins over everything and must be complete itself.
+    assert find_model(str(tiny_model), places).source == "directory"
+
+
+def test_an_incomplete_or_dangling_model_cache_snapshot_is_named_and_the_next_place_used(tiny_model, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model, partial, ignore=shutil.ignore_patterns("transformer_2"))
+    places = ModelPlaces(
+        runpod_cache=tmp_path / "hub", volume=tmp_path / "none", baked=tmp_path / "none", local_cache=False
+    )
+    snapshot = runpod_cache_entry(places.runpod_cache, tiny_model, {"c" * 40: partial}, main="c" * 40)
+    with pytest.raises(
+        ModelNotFoundError,
+        match=f"RunPod model cache: {snapshot} is incomplete, missing transformer_2/config.json",
+    ):
+        find_model(REPO, places)
+    (places.runpod_cache / f"models--{REPO.replace('/', '--')}" / "refs" / "main").write_text("d" * 40)
+    with pytest.raises(ModelNotFoundError, match="refs/main names 'dddd.*', but snapshots/dddd.* is missing"):
+        find_model(REPO, places)
+    shutil.copytree(tiny_model, tmp_path / "baked")
+    assert find_model(REPO, ModelPlaces(places.runpod_cache, tmp_path / "none", tmp_path / "baked", False)).source == (
+        "baked into the image"
+    )

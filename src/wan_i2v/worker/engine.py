@@ -41,7 +41,7 @@ from .quantize import pick_quant, quantize_expert
 from .settings import EngineOptions, parse_step_cache
 from .timing import timed
 from .turbo import load_pair, turbo_scheduler
-from .weights import find_pair, missing_message, resolve_model
+from .weights import find_model, find_pair, missing_message
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +170,12 @@ class Engine:
         options = options or EngineOptions()
         cold = ColdStart()
         with cold.step("load"):
-            path = resolve_model(model)
+            found = find_model(model, options.model_places)
+            log.info("weights: %s (%s)", found.path, found.source)
             device = pick_device(options.device)
-            pipe = load_pipeline(path, device, options)
+            pipe = load_pipeline(found.path, device, options)
+        cold.facts["weights"] = f"{found.source}: {found.path}"
+        path = found.path
         return cls.prepare(pipe, options, model=model, model_path=path, cold=cold)
 
     @classmethod

@@ -11,6 +11,7 @@ from ..bucket import BucketSettings
 from ..env import env_float, env_int
 from ..errors import SettingsError
 from .netguard import UrlPolicy
+from .weights import BAKED, RUNPOD_CACHE, ModelPlaces
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 VOLUME_LORA_DIR = Path("/runpod-volume/loras")  # a RunPod network volume is mounted at /runpod-volume
@@ -38,6 +39,7 @@ class EngineOptions:
     vae_dtype: str = "auto"  # WAN_VAE_DTYPE: auto (bf16 on a GPU) | bf16 | fp32
     prompt_cache: int = 64  # WAN_PROMPT_CACHE: text embeddings kept (0 turns the cache off)
     warmup: str = "auto"  # WAN_WARMUP: auto (on when compiling) | on | off
+    model_places: ModelPlaces = ModelPlaces()  # WAN_RUNPOD_CACHE, WAN_VOLUME_MODEL, WAN_BAKED_MODEL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineOptions:
@@ -65,6 +67,11 @@ class EngineOptions:
             vae_dtype=choice("WAN_VAE_DTYPE", "auto", ("auto", "bf16", "fp32")),
             prompt_cache=entries,
             warmup=choice("WAN_WARMUP", "auto", ON_OFF_AUTO),
+            model_places=ModelPlaces(
+                runpod_cache=Path(env.get("WAN_RUNPOD_CACHE") or RUNPOD_CACHE),
+                volume=Path(env["WAN_VOLUME_MODEL"]) if env.get("WAN_VOLUME_MODEL") else None,
+                baked=Path(env.get("WAN_BAKED_MODEL") or BAKED),
+            ),
         )
 
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
+
+RUNPOD_CACHE = Path("/runpod-volume/huggingface-cache/hub")  # where RunPod puts an endpoint's cached model
+VOLUME_MODELS = Path("/runpod-volume/models")  # a network volume's model folders (fetch_weights.py --dest)
+BAKED = Path("/models/wan")  # where the Dockerfile's build bakes the weights
+BAKE = (
+    "Give the endpoint the model in RunPod's model cache, copy it to a network volume "
+    "(`python builder/fetch_weights.py --dest /runpod-volume/models/Wan2.2-I2V-A14B-Diffusers`), or bake it "
+    "into the image (docker build --build-arg WAN_MODEL_ID=...); for a CPU test `python builder/tiny_model.py "
+    "DIR` and WAN_MODEL=DIR."
+)
 
 # The turbo LoRA pair: a folder holding one *high_noise*.safetensors and one *low_noise*.safetensors
 # file, named by WAN_TURBO_LORA or, by default, this folder inside the model folder (where builder/ bakes it).
@@ -32,40 +43,100 @@ def missing_parts(path: Path) -> list[str]:
     return missing
 
 
-def resolve_model(model: str) -> Path:
-    """A local diffusers folder for `model`: a directory, or a hub id already in the local HF cache.
+@dataclass(frozen=True)
+class ModelPlaces:
+    """Where a hub id's weights may already be on disk, looked at in this order after an explicit directory."""
 
-    Never downloads. Raises ModelNotFoundError saying what was looked for and how to bake it.
-    """
-    bake = (
-        "Bake the weights into the image (docker build --build-arg WAN_MODEL_ID=...), run "
-        "`python builder/fetch_weights.py --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --dest DIR` where a "
-        "network is available, or for a CPU test `python builder/tiny_model.py DIR`; then set WAN_MODEL=DIR."
+    runpod_cache: Path = RUNPOD_CACHE  # WAN_RUNPOD_CACHE: RunPod's cached models (an endpoint's "model" setting)
+    volume: Path | None = None  # WAN_VOLUME_MODEL; default /runpod-volume/models/<repo name>
+    baked: Path = BAKED  # WAN_BAKED_MODEL: where the image's build put them
+    local_cache: bool = True  # the local Hugging Face cache (HF_HOME)
+
+    def volume_folder(self, repo_id: str) -> Path:
+        return self.volume if self.volume is not None else VOLUME_MODELS / repo_id.split("/")[-1]
+
+
+@dataclass(frozen=True)
+class FoundModel:
+    path: Path
+    source: (
+        str  # "directory", "RunPod model cache", "network volume", "baked into the image", "local Hugging Face cache"
     )
-    candidate = Path(model).expanduser()
-    if candidate.is_dir():
-        path, where = candidate, f"directory {candidate.resolve()}"
-    elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
-        from huggingface_hub import constants, snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
 
-        try:
-            path = Path(snapshot_download(repo_id=model, local_files_only=True))
-        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+
+def is_hub_id(model: str) -> bool:
+    return model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/"))
+
+
+def runpod_snapshot(root: Path, repo_id: str) -> Path | str:
+    """The snapshot RunPod's model cache holds for `repo_id` (through refs/main), or why there is none."""
+    folder = root / f"models--{repo_id.replace('/', '--')}"
+    if not folder.is_dir():
+        return f"no {folder.name} in {root}"
+    ref = folder / "refs" / "main"
+    if not ref.is_file():
+        return f"{folder}: no refs/main to name the snapshot"
+    commit = ref.read_text().strip()
+    snapshot = folder / "snapshots" / commit
+    if not commit or "/" in commit or not snapshot.is_dir():
+        return f"{folder}: refs/main names {commit!r}, but snapshots/{commit} is missing"
+    return snapshot
+
+
+def find_model(model: str, places: ModelPlaces | None = None) -> FoundModel:
+    """A complete local copy of `model`, never downloading: WAN_MODEL itself when it is a directory (it
+    must be complete: no silent fallback); for a hub id, in order, RunPod's model cache, a network volume
+    folder, the image's baked folder, the local Hugging Face cache. ModelNotFoundError lists each place
+    and what it lacked."""
+    places = places or ModelPlaces()
+    candidate = Path(model).expanduser()
+    if candidate.is_dir() or not is_hub_id(model):
+        if not candidate.is_dir():
+            raise ModelNotFoundError(f"WAN_MODEL={model!r}: no such directory. {BAKE}")
+        missing = missing_parts(candidate)
+        if missing:
             raise ModelNotFoundError(
-                f"WAN_MODEL={model!r}: not a directory, and hub id {model!r} has no snapshot in the local "
-                f"Hugging Face cache ({constants.HF_HUB_CACHE}). Nothing is downloaded at run time. {bake}"
-            ) from None
-        where = f"cached snapshot {path}"
-    else:
-        raise ModelNotFoundError(f"WAN_MODEL={model!r}: no such directory. {bake}")
-    missing = missing_parts(path)
-    if missing:
-        raise ModelNotFoundError(
-            f"WAN_MODEL={model!r} ({where}) is not a complete Wan2.2 I2V diffusers pipeline; missing: "
-            f"{', '.join(missing)}. {bake}"
-        )
-    return path
+                f"WAN_MODEL={model!r} (directory {candidate.resolve()}) is not a complete Wan2.2 I2V diffusers "
+                f"pipeline; missing: {', '.join(missing)}. {BAKE}"
+            )
+        return FoundModel(candidate, "directory")
+    looked = []
+    for source, path in _hub_places(model, places):
+        if isinstance(path, str):
+            looked.append(f"{source}: {path}")
+            continue
+        missing = missing_parts(path)
+        if not missing:
+            return FoundModel(path, source)
+        looked.append(f"{source}: {path} is incomplete, missing {', '.join(missing)}")
+    raise ModelNotFoundError(
+        f"WAN_MODEL={model!r}: no complete copy on this machine, and nothing is downloaded at run time. "
+        f"Looked at, in order: {'; '.join(looked)}. {BAKE}"
+    )
+
+
+def _hub_places(repo_id: str, places: ModelPlaces):
+    """(source, folder or why there is none) for each place a hub id may be, in order; lazily."""
+    yield "RunPod model cache", runpod_snapshot(places.runpod_cache, repo_id)
+    volume = places.volume_folder(repo_id)
+    yield "network volume", volume if volume.is_dir() else f"no folder {volume}"
+    yield "baked into the image", places.baked if places.baked.is_dir() else f"no folder {places.baked}"
+    if places.local_cache:
+        yield "local Hugging Face cache", _local_snapshot(repo_id)
+
+
+def _local_snapshot(repo_id: str) -> Path | str:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        return f"no snapshot in {constants.HF_HUB_CACHE}"
+
+
+def resolve_model(model: str, places: ModelPlaces | None = None) -> Path:
+    return find_model(model, places).path
 
 
 def places(configured: Path | None, model_path: Path | None) -> list[Path]:
