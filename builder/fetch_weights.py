@@ -1,7 +1,11 @@
-"""Bake the model weights into the image at build time (the only step that downloads).
+"""Put the model weights in a folder: baked into the image at build time, or onto a network volume.
 
     python builder/fetch_weights.py --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --dest /models/wan
+    python builder/fetch_weights.py --dest /runpod-volume/models/Wan2.2-I2V-A14B-Diffusers   # a volume
     python builder/fetch_weights.py --verify-only --dest DIR     # check a folder, no network
+
+Run again on a folder, it downloads only what is missing (an interrupted copy resumes) and repairs what
+is broken: a weight file whose safetensors layout does not check (cut short) is removed and fetched again.
 
 The turbo LoRA pair goes into DEST/turbo-lora/, where the worker looks for it by default
 (`--turbo-lora-files ''` skips it; the worker then serves quality jobs only).
@@ -19,10 +23,10 @@ import sys
 from pathlib import Path
 
 try:
-    from wan_i2v.worker.weights import FOLDER_IN_MODEL, REQUIRED_COMPONENTS, missing_parts, pair_files
+    from wan_i2v.worker.weights import FOLDER_IN_MODEL, REQUIRED_COMPONENTS, broken_files, missing_parts, pair_files
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from wan_i2v.worker.weights import FOLDER_IN_MODEL, REQUIRED_COMPONENTS, missing_parts, pair_files
+    from wan_i2v.worker.weights import FOLDER_IN_MODEL, REQUIRED_COMPONENTS, broken_files, missing_parts, pair_files
 
 ALLOW_PATTERNS = ["model_index.json"] + [f"{component}/*" for component in REQUIRED_COMPONENTS]
 # The current recommended 4-step pair for Wan2.2 I2V-A14B (README, "Turbo mode"): high-noise, low-noise.
@@ -37,6 +41,18 @@ def fetch(model: str, dest: Path, revision: str | None) -> None:
     from huggingface_hub import snapshot_download
 
     snapshot_download(repo_id=model, revision=revision, local_dir=dest, allow_patterns=ALLOW_PATTERNS)
+
+
+def remove_broken(dest: Path) -> list[Path]:
+    """Remove weight files that fail the layout check, with the download record that would skip them."""
+    removed = []
+    for path, problem in broken_files(dest):
+        print(f"{path.relative_to(dest)}: {problem}; fetching it again", flush=True)
+        record = dest / ".cache" / "huggingface" / "download" / f"{path.relative_to(dest)}.metadata"
+        path.unlink()
+        record.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def fetch_turbo_lora(repo: str, files: list[str], dest: Path, revision: str | None) -> None:
@@ -68,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.verify_only:
         print(f"downloading {args.model} ({args.revision or 'main'}) to {args.dest}", flush=True)
+        if args.dest.is_dir():
+            remove_broken(args.dest)  # a copy cut short: those files come again, the rest is kept
         fetch(args.model, args.dest, args.revision)
         if turbo_files:
             print(f"downloading the turbo LoRA pair from {args.turbo_lora_repo}", flush=True)

@@ -157,3 +157,39 @@ def test_an_incomplete_or_dangling_model_cache_snapshot_is_named_and_the_next_pl
     assert find_model(REPO, ModelPlaces(places.runpod_cache, tmp_path / "none", tmp_path / "baked", False)).source == (
         "baked into the image"
     )
+
+
+def test_a_weight_file_cut_short_or_a_shard_missing_from_its_index_is_named(tiny_model, tmp_path):
+    """A copy cut short (a volume copy interrupted, a disk that filled) is found from the headers at once."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    (shard,) = (copy / "transformer").glob("*.safetensors")
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    index = copy / "vae" / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text('{"weight_map": {"a": "diffusion_pytorch_model-00002-of-00002.safetensors"}}')
+    with pytest.raises(ModelNotFoundError) as broken:
+        resolve_model(str(copy))
+    text = str(broken.value)
+    assert f"transformer/{shard.name} (truncated: tensor " in text
+    assert "vae/diffusion_pytorch_model-00002-of-00002.safetensors" in text
+    verify = [sys.executable, str(ROOT / "builder" / "fetch_weights.py"), "--verify-only", "--dest", str(copy)]
+    done = subprocess.run(verify, capture_output=True, text=True)
+    assert done.returncode == 1 and f"transformer/{shard.name} (truncated" in done.stderr
+
+
+def test_a_repair_run_removes_only_the_broken_files_before_downloading_again(tiny_model, tmp_path):
+    sys.path.insert(0, str(ROOT / "builder"))
+    from fetch_weights import remove_broken
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    (shard,) = (copy / "transformer_2").glob("*.safetensors")
+    shard.write_bytes(shard.read_bytes()[:-64])
+    record = copy / ".cache" / "huggingface" / "download" / "transformer_2" / f"{shard.name}.metadata"
+    record.parent.mkdir(parents=True)
+    record.write_text("etag\n")  # what huggingface_hub keeps to skip a file it already has
+    kept = sorted(p for p in copy.rglob("*.safetensors") if p != shard)
+    assert remove_broken(copy) == [shard]
+    assert not shard.exists() and not record.exists()
+    assert sorted(copy.rglob("*.safetensors")) == kept
+    assert remove_broken(copy) == []

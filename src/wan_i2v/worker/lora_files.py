@@ -27,7 +27,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -41,14 +40,10 @@ from ..errors import InputError, JobError
 from .download import download
 from .lora import SAFETENSORS_SUFFIX, LoraError
 from .netguard import UrlPolicy, shown_url
+from .safetensors_layout import LayoutError, check_layout
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
-    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
 JOBS_FOLDER = "in-use"  # per-checkout folders of hard links, inside the cache folder
 SHOWN_NAMES = 10
 STALE_JOB_S = 24 * 3600
@@ -68,52 +63,11 @@ def is_url(source: str) -> bool:
 
 
 def check_safetensors(path: Path, shown: str) -> None:
-    """The safetensors layout, checked without loading a tensor: an 8-byte header length, a JSON header,
-    and tensors that tile the data area exactly. LoraError naming `shown` otherwise (a pickle, a
-    truncated or padded file, offsets that point anywhere else)."""
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        head = file.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
-            raise LoraError(f"{shown}: not a safetensors file (no safetensors header: a pickle or another format?)")
-        raw = file.read(length)
+    """The safetensors layout (see `safetensors_layout`), as a LoraError naming `shown`."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise LoraError(f"{shown}: not a safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise LoraError(f"{shown}: not a safetensors file (its header is not a JSON object)")
-    data_bytes = size - 8 - length
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        spans.append((*_span(info, name, shown), name))
-    position = 0
-    for begin, end, name in sorted(spans):
-        if end > data_bytes:
-            raise LoraError(f"{shown}: truncated: tensor {name!r} ends at byte {end}, the data has {data_bytes}")
-        if begin != position:
-            raise LoraError(f"{shown}: corrupt: tensor {name!r} starts at byte {begin}, expected {position}")
-        position = end
-    if position != data_bytes:
-        raise LoraError(f"{shown}: corrupt: {data_bytes - position} bytes after the last tensor")
-
-
-def _span(info, name: str, shown: str) -> tuple[int, int]:
-    bad = LoraError(f"{shown}: corrupt: the header entry of tensor {name!r} is malformed")
-    if not isinstance(info, dict) or info.get("dtype") not in DTYPE_BYTES:
-        raise bad
-    shape, offsets = info.get("shape"), info.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise bad
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(n, int) for n in offsets):
-        raise bad
-    begin, end = offsets
-    if not 0 <= begin <= end or end - begin != math.prod(shape) * DTYPE_BYTES[info["dtype"]]:
-        raise LoraError(f"{shown}: corrupt: tensor {name!r} does not fill its {end - begin} bytes")
-    return begin, end
+        check_layout(path)
+    except LayoutError as exc:
+        raise LoraError(f"{shown}: {exc}") from None
 
 
 def _sha256(path: Path) -> str:

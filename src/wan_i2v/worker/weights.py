@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
+from .safetensors_layout import LayoutError, check_layout
 
 RUNPOD_CACHE = Path("/runpod-volume/huggingface-cache/hub")  # where RunPod puts an endpoint's cached model
 VOLUME_MODELS = Path("/runpod-volume/models")  # a network volume's model folders (fetch_weights.py --dest)
@@ -34,13 +36,43 @@ REQUIRED_COMPONENTS = {
 
 
 def missing_parts(path: Path) -> list[str]:
-    """What a diffusers Wan2.2 I2V folder lacks; empty when complete."""
+    """What a diffusers Wan2.2 I2V folder lacks, or holds broken; empty when complete.
+
+    Besides each component's files, every shard its `*.safetensors.index.json` names must be there, and
+    every weight file must pass the safetensors layout check (a copy cut short fails here, at once,
+    rather than as an obscure error half-way through loading 65 GB)."""
     missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
     for component, patterns in REQUIRED_COMPONENTS.items():
         for pattern in patterns:
             if not any((path / component).glob(pattern)):
                 missing.append(f"{component}/{pattern}")
+        missing += _broken_weights(path / component)
     return missing
+
+
+def _broken_weights(folder: Path) -> list[str]:
+    problems = []
+    for index in folder.glob("*.safetensors.index.json"):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            problems.append(f"{folder.name}/{index.name} (unreadable)")
+            continue
+        problems += [f"{folder.name}/{shard}" for shard in sorted(shards) if not (folder / shard).is_file()]
+    for weights, problem in broken_files(folder):
+        problems.append(f"{folder.name}/{weights.name} ({problem})")
+    return problems
+
+
+def broken_files(folder: Path) -> list[tuple[Path, str]]:
+    """The weight files of `folder` (searched recursively) that fail the safetensors layout check, and why."""
+    broken = []
+    for weights in sorted(folder.rglob("*.safetensors")):
+        try:
+            check_layout(weights)
+        except LayoutError as exc:
+            broken.append((weights, str(exc)))
+    return broken
 
 
 @dataclass(frozen=True)
