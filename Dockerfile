@@ -41,10 +41,10 @@ COPY handler.py test_input.json ./
 # Nothing is downloaded at run time. WAN_MODEL is the hub id: the worker takes the first complete copy of
 # RunPod's model cache, a network volume's /runpod-volume/models/<name>, the baked /models/wan, the local
 # Hugging Face cache (README, "Deploy"), and fails fast naming each place if none is complete.
-# The compile cache lives in the image's /cache unless WAN_COMPILE_CACHE points at a network volume.
+# Compiled kernels are kept on the network volume when there is one, else in the image's /cache.
+RUN mkdir -p /cache/torch-compile
 ENV WAN_MODEL=${WAN_MODEL_ID} \
     WAN_BAKED_MODEL=/models/wan \
-    WAN_COMPILE_CACHE=/cache/torch-compile \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     WAN_OUTPUT_DIR=/tmp/wan-outputs

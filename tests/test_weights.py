@@ -193,3 +193,17 @@ def test_a_repair_run_removes_only_the_broken_files_before_downloading_again(tin
     assert not shard.exists() and not record.exists()
     assert sorted(copy.rglob("*.safetensors")) == kept
     assert remove_broken(copy) == []
+
+
+def test_the_turbo_pair_is_found_beside_the_weights_wherever_they_came_from(tiny_model, tmp_path):
+    from wan_i2v.worker.weights import find_pair
+
+    snapshot = tmp_path / "snapshot"  # a model from RunPod's cache: no turbo-lora/ inside
+    shutil.copytree(tiny_model, snapshot, ignore=shutil.ignore_patterns("turbo-lora"))
+    baked = tmp_path / "baked"
+    shutil.copytree(tiny_model / "turbo-lora", baked / "turbo-lora")
+    files, misses = find_pair(None, snapshot, ModelPlaces(baked=baked))
+    assert files is not None and files["high_noise"].parent == baked / "turbo-lora"
+    assert misses == [f"{snapshot / 'turbo-lora'}: no such folder"]
+    files, misses = find_pair(None, snapshot, ModelPlaces(baked=tmp_path / "nothing"))
+    assert files is None and misses == [f"{snapshot / 'turbo-lora'}: no such folder"]

@@ -210,7 +210,7 @@ class Engine:
         dtype = pipe.transformer.dtype  # what the experts compute in (bf16 on a GPU); read before quantising
         shapes = {side: parameter_shapes(expert) for side, expert in experts.items()}  # before parking
 
-        files, misses = find_pair(options.turbo_lora, model_path)
+        files, misses = find_pair(options.turbo_lora, model_path, options.model_places)
         if options.default_mode == "turbo" and files is None:
             raise SettingsError(f"WAN_DEFAULT_MODE=turbo: {missing_message(misses)}")
         turbo = None

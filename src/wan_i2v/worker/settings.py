@@ -14,7 +14,9 @@ from .netguard import UrlPolicy
 from .weights import BAKED, RUNPOD_CACHE, ModelPlaces
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
-VOLUME_LORA_DIR = Path("/runpod-volume/loras")  # a RunPod network volume is mounted at /runpod-volume
+VOLUME = Path("/runpod-volume")  # where RunPod mounts an endpoint's network volume
+VOLUME_LORA_DIR = VOLUME / "loras"
+IMAGE_CACHE = Path("/cache")  # made by the Dockerfile
 GB = 1024**3
 ON_OFF_AUTO = ("auto", "on", "off")
 # The allowed values of the engine's settings; the modules that act on them import these.
@@ -60,7 +62,7 @@ class EngineOptions:
             turbo_lora=Path(env["WAN_TURBO_LORA"]) if env.get("WAN_TURBO_LORA") else None,
             quant=choice("WAN_QUANT", "auto", QUANT_CHOICES),
             compile=choice("WAN_COMPILE", "auto", COMPILE_CHOICES),
-            compile_cache=Path(env["WAN_COMPILE_CACHE"]) if env.get("WAN_COMPILE_CACHE") else None,
+            compile_cache=Path(env["WAN_COMPILE_CACHE"]) if env.get("WAN_COMPILE_CACHE") else default_compile_cache(),
             memory_plan=choice("WAN_MEMORY_PLAN", "auto", ("auto", *PLANS)),
             attention=env.get("WAN_ATTENTION") or "auto",
             step_cache=step_cache,
@@ -73,6 +75,14 @@ class EngineOptions:
                 baked=Path(env.get("WAN_BAKED_MODEL") or BAKED),
             ),
         )
+
+
+def default_compile_cache() -> Path | None:
+    """Where compiled kernels are kept when WAN_COMPILE_CACHE is not set: on the network volume when there
+    is one (shared by every worker and cold start), else in the image's /cache (the Dockerfile makes it)."""
+    if VOLUME.is_dir():
+        return VOLUME / "torch-compile"
+    return IMAGE_CACHE / "torch-compile" if IMAGE_CACHE.is_dir() else None
 
 
 def parse_step_cache(value: str) -> float | None:

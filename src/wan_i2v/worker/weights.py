@@ -171,11 +171,16 @@ def resolve_model(model: str, places: ModelPlaces | None = None) -> Path:
     return find_model(model, places).path
 
 
-def places(configured: Path | None, model_path: Path | None) -> list[Path]:
-    """Where the pair is looked for, in order: WAN_TURBO_LORA, then MODEL/turbo-lora (where builder/ bakes it)."""
+def places(configured: Path | None, model_path: Path | None, model_places: ModelPlaces | None = None) -> list[Path]:
+    """Where the pair is looked for, in order: WAN_TURBO_LORA; the model folder's turbo-lora/ (wherever the
+    model was found); then, as for the model, a network volume's models/turbo-lora and the baked folder's."""
+    model_places = model_places or ModelPlaces()
     found = [configured] if configured else []
     if model_path is not None:
         found.append(model_path / FOLDER_IN_MODEL)
+    for folder in (VOLUME_MODELS / FOLDER_IN_MODEL, model_places.baked / FOLDER_IN_MODEL):
+        if folder not in found and folder.is_dir():
+            found.append(folder)
     return found
 
 
@@ -193,10 +198,12 @@ def pair_files(folder: Path) -> dict[str, Path] | str:
     return files
 
 
-def find_pair(configured: Path | None, model_path: Path | None) -> tuple[dict[str, Path] | None, list[str]]:
+def find_pair(
+    configured: Path | None, model_path: Path | None, model_places: ModelPlaces | None = None
+) -> tuple[dict[str, Path] | None, list[str]]:
     """The first place holding a pair, and what each place looked at lacked."""
     misses = []
-    for folder in places(configured, model_path):
+    for folder in places(configured, model_path, model_places):
         found = pair_files(folder)
         if isinstance(found, dict):
             return found, misses
