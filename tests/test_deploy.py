@@ -94,6 +94,45 @@ def test_runpod_hub_files_are_valid():
         assert test["timeout"] >= 60_000
 
 
+# The fields the Hub's publishing guide documents (docs.runpod.io/hub/publishing-guide): nothing else.
+HUB_FIELDS = {"title", "description", "type", "category", "iconUrl", "config"}
+HUB_CONFIG_FIELDS = {
+    "runsOn", "endpointType", "containerDiskInGb", "cpuFlavor", "gpuCount", "gpuIds", "allowedCudaVersions", "env",
+    "presets",
+}  # fmt: skip
+HUB_INPUT_FIELDS = {"name", "type", "description", "default", "advanced", "required", "options", "min", "max"}
+HUB_INPUT_FIELDS |= {"trueValue", "falseValue"}
+TESTS_CONFIG_FIELDS = {"gpuTypeId", "gpuCount", "cpuFlavor", "env", "allowedCudaVersions"}
+
+
+def test_hub_files_use_only_the_hubs_documented_fields_and_presets_are_real_settings():
+    from wan_i2v.worker.settings import Settings
+
+    hub = json.loads((ROOT / ".runpod" / "hub.json").read_text())
+    assert set(hub) <= HUB_FIELDS and {"title", "description", "type", "category", "config"} <= set(hub)
+    assert hub["category"] in ("audio", "embedding", "language", "video", "image")
+    config = hub["config"]
+    assert set(config) <= HUB_CONFIG_FIELDS
+    assert isinstance(config["containerDiskInGb"], int) and isinstance(config["gpuCount"], int)
+    assert isinstance(config["gpuIds"], str) and all(isinstance(v, str) for v in config["allowedCudaVersions"])
+    keys = set()
+    for entry in config["env"]:
+        assert set(entry) in ({"key", "value"}, {"key", "input"}), entry
+        keys.add(entry["key"])
+        if "input" in entry:
+            assert set(entry["input"]) <= HUB_INPUT_FIELDS, entry
+            assert entry["input"]["type"] in ("string", "number", "boolean", "huggingface")
+    assert len(keys) == len(config["env"])  # each variable once
+    assert config["presets"], "presets: at least the turbo and quality defaults"
+    for preset in config["presets"]:
+        assert set(preset) == {"name", "defaults"} and set(preset["defaults"]) <= keys, preset
+        Settings.from_env({key: str(value) for key, value in preset["defaults"].items()})  # real, valid settings
+    tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())
+    assert set(tests) == {"tests", "config"} and set(tests["config"]) <= TESTS_CONFIG_FIELDS
+    for test in tests["tests"]:
+        assert set(test) <= {"name", "input", "timeout"} and isinstance(test["timeout"], int)
+
+
 def test_test_input_is_a_valid_small_offline_job():
     job = json.loads((ROOT / "test_input.json").read_text())
     request = parse_job_input(job["input"])
