@@ -85,8 +85,10 @@ def test_runpod_hub_files_are_valid():
     assert "AMPERE_80" in hub["config"]["gpuIds"] and "ADA_80_PRO" in hub["config"]["gpuIds"]
     keys = {entry["key"] for entry in hub["config"]["env"]}
     assert {"BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME"} <= keys
-    secrets = {e["key"] for e in hub["config"]["env"] if e["input"].get("secret")}
-    assert secrets == {"BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"}
+    # The Hub documents no secret flag: secrets are inputs without a default, never a static value.
+    for entry in hub["config"]["env"]:
+        if entry["key"] in ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"):
+            assert "value" not in entry and "default" not in entry["input"]
     tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())
     assert tests["config"]["gpuCount"] == 1 and tests["tests"]
     for test in tests["tests"]:
