@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT
 
 TARGETS = {
@@ -47,3 +48,23 @@ def test_the_benchmark_smoke_run_writes_results_of_the_gpu_shape(tmp_path):
     chart = tmp_path / "chart.png"
     subprocess.run([sys.executable, str(ROOT / "bench" / "chart.py"), str(out), str(chart)], check=True)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.load
+def test_cold_start_by_source_finds_each_layout_and_times_it(tmp_path):
+    """bench/cold_start.py: `python handler.py` to ready with the weights in each source's layout."""
+    out = tmp_path / "cold.json"
+    script = [sys.executable, str(ROOT / "bench" / "cold_start.py"), "--runs", "1", "--out", str(out)]
+    subprocess.run(script, check=True, timeout=600, capture_output=True)
+    sources = json.loads(out.read_text())["sources"]
+    expected = {
+        "directory": "directory: ",
+        "runpod-cache": "RunPod model cache: ",
+        "volume": "network volume: ",
+        "baked": "baked into the image: ",
+        "hf-cache": "local Hugging Face cache: ",
+    }
+    for source, prefix in expected.items():
+        assert sources[source]["weights"].startswith(prefix), sources[source]
+        assert 0 < sources[source]["load_s"] < sources[source]["median_ready_s"]
+    assert sources["runpod-cache"]["weights"].endswith("/snapshots/" + "0" * 40)
