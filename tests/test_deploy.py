@@ -126,9 +126,15 @@ def test_hub_files_use_only_the_hubs_documented_fields_and_presets_are_real_sett
             assert entry["input"]["type"] in ("string", "number", "boolean", "huggingface")
     assert len(keys) == len(config["env"])  # each variable once
     assert config["presets"], "presets: at least the turbo and quality defaults"
+    settled = []
     for preset in config["presets"]:
         assert set(preset) == {"name", "defaults"} and set(preset["defaults"]) <= keys, preset
-        Settings.from_env({key: str(value) for key, value in preset["defaults"].items()})  # real, valid settings
+        settings = Settings.from_env({key: str(value) for key, value in preset["defaults"].items()})  # valid
+        job = parse_job_input(
+            {"image": "https://example.com/a.png"}, settings.engine.default_mode, settings.default_resolution
+        )
+        settled.append((job.mode, job.resolution, job.sample_steps))  # what a job naming neither runs
+    assert settled == [("turbo", "480p", 4), ("quality", "480p", 30), ("turbo", "720p", 4)]  # the first is the default
     tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())
     assert set(tests) == {"tests", "config"} and set(tests["config"]) <= TESTS_CONFIG_FIELDS
     for test in tests["tests"]:

@@ -154,3 +154,11 @@ def test_progress_percent_runs_from_0_to_100_through_the_phases():
     assert progress_event(Phase.DENOISE, step=10, total_steps=10, expert="low_noise")["percent"] == 90
     starts = [progress_event(phase)["percent"] for phase in Phase]
     assert starts == sorted(starts) and starts[-1] == 98
+
+
+def test_the_resolution_of_a_job_naming_none_is_the_workers():
+    assert parse_job_input(GOOD).resolution == "480p"
+    assert parse_job_input(GOOD, "quality", "720p").resolution == "720p"
+    assert parse_job_input({**GOOD, "resolution": "480p"}, "turbo", "720p").resolution == "480p"  # the job's own wins
+    with pytest.raises(InputError, match=r"resolution: '1080p' is not allowed .*allowed: one of '480p', '720p'"):
+        parse_job_input({**GOOD, "resolution": "1080p"}, "quality", "720p")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,6 +55,8 @@ MODES = {
     "turbo": ModeRules(steps=(2, 8), default_steps=4, default_guidance=1.0, guidance_fixed=True),
 }
 Mode = Literal["quality", "turbo"]
+Resolution = Literal["480p", "720p"]
+RESOLUTIONS: tuple[str, ...] = Resolution.__args__
 GUIDANCE_FIELDS = ("guidance_scale", "guidance_scale_2")
 
 
@@ -138,10 +141,11 @@ class JobInput(BaseModel):
         max_length=MAX_PROMPT_CHARS,
         description="What to avoid. Default: Wan2.2's own negative prompt.",
     )
-    resolution: Literal["480p", "720p"] = Field(
-        "480p",
+    resolution: Resolution | None = Field(
+        None,
         description="Output area: 480p is 832x480, 720p is 1280x720. The video keeps the image's "
-        "aspect ratio at that area, each side a multiple of 16; the image is resized and centre-cropped.",
+        "aspect ratio at that area, each side a multiple of 16; the image is resized and centre-cropped. "
+        "Absent: the worker's default (`WAN_DEFAULT_RESOLUTION`, 480p unless the operator sets 720p).",
     )
     mode: Mode | None = Field(
         None,
@@ -192,11 +196,12 @@ class JobInput(BaseModel):
             raise ValueError(f"must be 4n+1; nearest valid: {' or '.join(map(str, nearest))}")
         return value
 
-    def settled(self, default_mode: Mode = "quality") -> JobInput:
-        """This job with its mode and the mode's defaults filled in; InputError if a field breaks the mode's rules.
+    def settled(self, default_mode: Mode = "quality", default_resolution: Resolution = "480p") -> JobInput:
+        """This job with its mode, the mode's defaults and its resolution filled in; InputError if a field
+        breaks the mode's rules.
 
         The mode-dependent fields are optional in the schema because their defaults depend on the mode,
-        and the mode may come from the worker (`WAN_DEFAULT_MODE`).
+        and the mode and resolution may come from the worker (`WAN_DEFAULT_MODE`, `WAN_DEFAULT_RESOLUTION`).
         """
         mode = self.mode or default_mode
         rules = MODES[mode]
@@ -220,6 +225,7 @@ class JobInput(BaseModel):
         return self.model_copy(
             update={
                 "mode": mode,
+                "resolution": self.resolution or default_resolution,
                 "sample_steps": self.sample_steps if self.sample_steps is not None else rules.default_steps,
                 **{
                     n: getattr(self, n) if getattr(self, n) is not None else rules.default_guidance
@@ -340,7 +346,7 @@ class JobOutput(BaseModel):
     )
     generation_time: float = Field(description="Seconds the whole job took on the worker (same as `timings.total`).")
     video_size_mb: float = Field(description="Size of the MP4 in MiB.")
-    resolution: Literal["480p", "720p"] = Field(description="The job's `resolution`.")
+    resolution: Resolution = Field(description="The job's `resolution`.")
     mode: Mode = Field("quality", description="The mode the job ran in.")
     sample_steps: int = Field(description="The job's `sample_steps`.")
     frame_num: int = Field(description="Frames in the video.")
@@ -394,8 +400,8 @@ def allowed_values(name: str, model: type[BaseModel] = JobInput) -> str:
     """Describe what a field accepts, from its annotation and constraints."""
     info = model.model_fields[name]
     annotation = info.annotation
-    if annotation == Mode | None:
-        annotation = Mode
+    if get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation):  # X | None
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(v) for v in get_args(annotation))
     if model is LoraEntry and name in LORA_SIDES:
@@ -453,7 +459,7 @@ def _message(error: dict) -> str:
     return f"{name}: {_shown(error.get('input'))} is not allowed ({problem}), allowed: {allowed}"
 
 
-def parse_job_input(raw: Any, default_mode: Mode = "quality") -> JobInput:
+def parse_job_input(raw: Any, default_mode: Mode = "quality", default_resolution: Resolution = "480p") -> JobInput:
     """Validate a job's `input` and settle its mode's defaults (see `JobInput.settled`).
 
     Raises InputError naming every bad field ("field: problem" joined by "; ").
@@ -464,7 +470,7 @@ def parse_job_input(raw: Any, default_mode: Mode = "quality") -> JobInput:
         request = JobInput.model_validate(raw)
     except ValidationError as exc:
         raise InputError("; ".join(_message(e) for e in exc.errors())) from None
-    return request.settled(default_mode)
+    return request.settled(default_mode, default_resolution)
 
 
 def _default_text(name: str) -> str:
@@ -475,6 +481,8 @@ def _default_text(name: str) -> str:
         return "Wan2.2 default"
     if name == "mode":
         return "worker's (`quality`)"
+    if name == "resolution":
+        return "worker's (`480p`)"
     if name == "loras":
         return "none"
     if name == "sample_steps":

@@ -76,7 +76,7 @@ class Worker:
         try:
             if not isinstance(job, dict):
                 raise InputError("job: must be an object with an 'input' object")
-            request = parse_job_input(job.get("input"), self.engine.default_mode)
+            request = parse_job_input(job.get("input"), self.engine.default_mode, self.settings.default_resolution)
             bucket = self._bucket_for(job)
             generating = True
             output = self._run(job, job_id, request, bucket, started)
@@ -247,11 +247,13 @@ def build_worker(settings: Settings | None = None, progress: ProgressSink | None
         else f"local directory {settings.output_dir.resolve()} (no bucket configured)"
     )
     log.info(
-        "cold start done in %.1f s: model %s on %s, default mode %s, memory plan %s, quantization %s; videos go to %s",
+        "cold start done in %.1f s: model %s on %s, default mode %s at %s, memory plan %s, quantization %s; "
+        "videos go to %s",
         time.perf_counter() - started,
         settings.model,
         engine.device,
         engine.default_mode,
+        settings.default_resolution,
         engine.plan.name,
         engine.quant,
         storage,

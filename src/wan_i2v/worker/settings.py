@@ -10,6 +10,7 @@ from pathlib import Path
 from ..bucket import BucketSettings
 from ..env import env_float, env_int
 from ..errors import SettingsError
+from ..schema import RESOLUTIONS
 from .netguard import UrlPolicy
 from .weights import BAKED, RUNPOD_CACHE, ModelPlaces
 
@@ -46,10 +47,7 @@ class EngineOptions:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineOptions:
         def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
-            value = env.get(name) or default
-            if value not in allowed:
-                raise SettingsError(f"{name}={value!r}: allowed {', '.join(allowed)}")
-            return value
+            return _choice(env, name, default, allowed)
 
         step_cache = env.get("WAN_STEP_CACHE") or "none"
         parse_step_cache(step_cache)
@@ -138,6 +136,7 @@ class Settings:
     bucket: BucketSettings | None = None
     url_policy: UrlPolicy = UrlPolicy()
     loras: LoraSettings = LoraSettings()
+    default_resolution: str = "480p"  # WAN_DEFAULT_RESOLUTION: the resolution of jobs that name none
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,7 +153,15 @@ class Settings:
             bucket=BucketSettings.from_env(env),
             url_policy=_url_policy(env),
             loras=LoraSettings.from_env(env),
+            default_resolution=_choice(env, "WAN_DEFAULT_RESOLUTION", "480p", RESOLUTIONS),
         )
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in allowed:
+        raise SettingsError(f"{name}={value!r}: allowed {', '.join(allowed)}")
+    return value
 
 
 def _url_policy(env: Mapping[str, str]) -> UrlPolicy:
