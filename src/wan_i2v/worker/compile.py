@@ -24,6 +24,7 @@ from .settings import COMPILE_CHOICES
 log = logging.getLogger(__name__)
 
 PORTABLE_CACHE = "portable-cache.bin"
+RECOMPILE_LIMIT = 16
 
 
 def pick_compile(requested: str, device: torch.device) -> str:
@@ -38,6 +39,8 @@ def pick_compile(requested: str, device: torch.device) -> str:
 def compile_experts(experts: list[torch.nn.Module], how: str) -> None:
     if how == "off":
         return
+    # One graph without LoRAs and one per rank bucket (lora.rank_bucket: 16 to 2048) must fit.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for expert in experts:
         expert.compile_repeated_blocks(fullgraph=True, dynamic=how == "dynamic")
 

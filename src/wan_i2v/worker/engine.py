@@ -399,9 +399,22 @@ class Engine:
                 with timed(timings, "lora_load", self._sync):
                     self._attach(self._read_loras(loras))
             attached = {name: adapter for name, adapter in self.adapters.items() if adapter.attached}
-            return self._generate(
-                params, image, last_image, on_progress or (lambda phase, **d: None), attached, timings
-            )
+            if self.compiled != "off":
+                for adapter in attached.values():
+                    adapter.settle()
+
+            def run() -> Generated:
+                return self._generate(
+                    params, image, last_image, on_progress or (lambda phase, **d: None), attached, timings
+                )
+
+            if not all(adapter.uniform for adapter in attached.values()):  # a full delta on a quantised block weight
+                return _eager(run)
+            try:
+                return run()
+            except torch._dynamo.exc.FailOnRecompileLimitHit:  # a backstop: settle() should make this unreachable
+                log.warning("the compiled blocks hit torch.compile's recompile limit; running this job eager")
+                return _eager(run)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(
                 f"the GPU ran out of memory at {params.width}x{params.height}, {params.num_frames} frames; "
@@ -583,6 +596,14 @@ class Engine:
         video = vae.decode(latents * std + mean, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _eager(run: Callable[[], Generated]) -> Generated:
+    """One job with the compiled blocks bypassed (their graphs kept for the next job)."""
+    with torch.compiler.set_stance("force_eager"):
+        generated = run()
+    generated.report["compiled"] = False
+    return generated
 
 
 def _place_rest(pipe, plan: MemoryPlan, device: torch.device) -> dict[str, Parking]:

@@ -31,6 +31,8 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 SAFETENSORS_SUFFIX = ".safetensors"
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+MIN_BUCKET = 16  # ranks below this share one compiled graph (published Wan LoRAs are rank 16 to 128)
 # Wan2.1's image-conditioning branch: present in some lightx2v I2V files, absent from Wan2.2 I2V-A14B.
 ABSENT_BRANCH = re.compile(r"(^|\.)(k_img|v_img|norm_k_img|img_emb)(\.|$)")
 
@@ -206,14 +208,29 @@ def parse_lora(
                 f"{source}: {name}: LoRA maps {down.shape[1]} -> {up.shape[0]} features, the layer "
                 f"{in_features} -> {out_features}"
             )
-        alpha = parts.get("alpha")
-        scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+        if down.shape[0] == 0:
+            raise LoraError(
+                f"{source}: {name}: down {tuple(down.shape)} and up {tuple(up.shape)} have rank 0; "
+                "a LoRA pair needs a rank of 1 or more"
+            )
+        scale = _scale(parts.get("alpha"), down.shape[0], f"{source}: {name}")
         result.low_rank[name] = LowRank(down, up, scale)
     if result.skipped:
         log.info(
             "%s: %d keys for Wan2.1's image branch skipped (Wan2.2 I2V-A14B has none)", source, len(result.skipped)
         )
     return result
+
+
+def _scale(alpha: torch.Tensor | None, rank: int, where: str) -> float:
+    """alpha / rank (1 without alpha); LoraError naming `where` unless alpha is one finite number."""
+    if alpha is None:
+        return 1.0
+    if alpha.numel() != 1 or alpha.is_complex():
+        raise LoraError(f"{where}: alpha has shape {tuple(alpha.shape)}; it must be a single number")
+    if not bool(torch.isfinite(alpha).all()):
+        raise LoraError(f"{where}: alpha is {float(alpha)}; it must be a finite number")
+    return float(alpha) / rank
 
 
 def _from_kohya(state: dict[str, torch.Tensor], source: str, skipped: list[str]) -> dict[str, torch.Tensor]:
@@ -265,16 +282,33 @@ class Adapter:
     `up(down(x))` (and `x @ full.T` for a full weight delta) from its slot. Attaching stacks all of a
     job's LoRAs on that layer into one pair with the strengths folded into `up`, so any number of LoRAs
     costs two thin matmuls, and a strength is data, not a value torch.compile would guard on (a slot that
-    is empty or not is: one graph without LoRAs, one with). Linear weights are never touched, so
+    is empty or not is: one graph without LoRAs, one with). Low-rank pairs never touch a weight, so
     quantised experts take LoRAs too. Other parameters (biases, norms, modulation) are patched in place
     while attached and restored exactly from a copy; `patch_params`/`restore_params` are separate so
     that an expert parked in host memory (the swap plan) is patched only while it is on the GPU.
+
+    Inside compiled blocks the slots must look the same to torch.compile from job to job: each new pattern
+    of covered layers, or each new rank (torch.compile specialises on the shapes of tensors a hook reaches,
+    even with dynamic shapes), would be a new graph, and the ninth fails the job. `settle()` therefore
+    gives every block linear a pair of one rank once a job's LoRAs are attached: zeros where a layer has
+    none, the rank padded up to a power of two (a handful of graphs over a worker's life, each compiled
+    once and kept in the compile cache). Full weight deltas on float weights are patched into the weight
+    like other parameters. Only a full delta on a quantised block weight cannot be evened out (`uniform` is then
+    False, and the engine runs that job eager).
     """
 
     def __init__(self, expert: torch.nn.Module):
         self.expert = expert
         linears = {name: m for name, m in expert.named_modules() if isinstance(m, torch.nn.Linear)}
         self._slots = {name: _Slot() for name in linears}
+        self._features = {name: (m.in_features, m.out_features) for name, m in linears.items()}
+        # Plain float weights take a full delta in place; quantised ones (tensor subclasses) only in a slot.
+        self._float_weights = {
+            name for name, m in linears.items() if type(m.weight.data) is torch.Tensor and m.weight.dtype in FLOATS
+        }
+        repeated = tuple(getattr(expert, "_repeated_blocks", ()))  # what compile_repeated_blocks compiles
+        blocks = tuple(f"{name}." for name, m in expert.named_modules() if type(m).__name__ in repeated)
+        self._in_blocks = [name for name in linears if blocks and name.startswith(blocks)]
         self._parameters = dict(expert.named_parameters())  # Parameter objects outlive parking (only .data changes)
         self._param_diffs: dict[str, torch.Tensor] = {}
         self._saved: dict[str, torch.Tensor] = {}
@@ -303,7 +337,8 @@ class Adapter:
                 )
             for param, delta in lora.diffs.items():
                 module = param.removesuffix(".weight")
-                target, key = (fulls, module) if param.endswith(".weight") and module in self._slots else (diffs, param)
+                in_slot = param.endswith(".weight") and module in self._slots and module not in self._float_weights
+                target, key = (fulls, module) if in_slot else (diffs, param)
                 target[key] = target[key] + strength * delta.float() if key in target else strength * delta.float()
                 dtypes[key] = delta.dtype
         for name in downs.keys() | fulls.keys():
@@ -314,6 +349,26 @@ class Adapter:
             if name in fulls:
                 added = fulls[name].to(dtypes[name])
                 slot.full = added if slot.full is None else slot.full + added
+
+    @torch.no_grad()
+    def settle(self) -> None:
+        """After the last `attach` of a job on compiled blocks: every block linear gets a pair of one rank."""
+        covered = [self._slots[n].down for n in self._in_blocks if self._slots[n].down is not None]
+        if not covered:
+            return
+        rank, like = rank_bucket(max(down.shape[0] for down in covered)), covered[0]
+        for name in self._in_blocks:
+            slot = self._slots[name]
+            missing = rank - (0 if slot.down is None else slot.down.shape[0])
+            if missing:
+                in_features, out_features = self._features[name]
+                slot.down = _stacked(slot.down, [like.new_zeros(missing, in_features)], 0)
+                slot.up = _stacked(slot.up, [like.new_zeros(out_features, missing)], 1)
+
+    @property
+    def uniform(self) -> bool:
+        """False when a block linear carries a full delta (a quantised weight): compiled blocks would recompile."""
+        return all(self._slots[name].full is None for name in self._in_blocks)
 
     @torch.no_grad()
     def patch_params(self) -> None:
@@ -345,6 +400,11 @@ class Adapter:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+
+
+def rank_bucket(rank: int) -> int:
+    """The rank a job's stacked pairs are padded to on compiled blocks: the next power of two, at least 16."""
+    return max(MIN_BUCKET, 1 << (rank - 1).bit_length())
 
 
 def _stacked(current: torch.Tensor | None, added: list[torch.Tensor], dim: int) -> torch.Tensor:

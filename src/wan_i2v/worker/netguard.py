@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
@@ -38,6 +39,11 @@ METADATA_ADDRESSES = frozenset(
 class BlockedAddressError(Exception):
     """The URL's host is, or resolves to, an address the policy refuses. Not an OSError on purpose:
     urllib3 must not mistake it for a network error and retry or wrap it."""
+
+
+class InvalidHostError(BlockedAddressError):
+    """The URL's host name cannot be looked up at all (an empty label, one over 63 characters, a character
+    IDNA refuses): refused like a blocked address, so that it reaches the caller as an input error."""
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -141,6 +147,8 @@ class UrlPolicy:
             return self.addresses(parts.hostname, port)
         except OSError:
             raise ValueError(f"host {parts.hostname} does not resolve") from None
+        except UnicodeError:
+            raise ValueError(f"host {parts.hostname} is not a valid host name") from None
 
     def connect(self, host: str, port: int, timeout, source_address=None, socket_options=None) -> socket.socket:
         """A socket to the first checked address of `host` that answers."""
@@ -154,22 +162,69 @@ class UrlPolicy:
                 last_error = exc
         raise last_error or OSError(f"could not connect to {host}")
 
-    def session(self) -> requests.Session:
+    def session(self) -> GuardedSession:
         """A requests session whose every connection, redirects included, goes through `connect`."""
-        session = requests.Session()
+        session = GuardedSession()
         session.trust_env = False  # no proxies or .netrc from the environment
         session.max_redirects = self.max_redirects
-        adapter = _GuardedAdapter(self)
+        adapter = _GuardedAdapter(self, session._opened)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
 
 
-def _guarded(base: type[HTTPConnection], policy: UrlPolicy) -> type[HTTPConnection]:
+class GuardedSession(requests.Session):
+    """A session that can be cut off from another thread: `abort()` shuts down every connection it has
+    opened, so a read blocked on a server that trickles its status line or headers fails at once (the
+    read timeout cannot catch a server that sends a byte just before each timeout).
+
+    Each connection's socket is kept as a duplicate descriptor of its own: TLS takes the original socket
+    over (a new object, the old one closed), while a shutdown through the duplicate reaches the same
+    connection, in the TLS handshake or after it, and cannot hit a descriptor number reused elsewhere.
+    The duplicates are closed with the session."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._guard = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.aborted = False
+
+    def _opened(self, sock: socket.socket) -> None:
+        with self._guard:
+            if self.aborted:
+                sock.close()
+                raise OSError("the download was stopped: its deadline passed")
+            self._sockets.append(sock.dup())
+
+    def abort(self) -> None:
+        """Shut down every connection of this session (safe from any thread, more than once)."""
+        with self._guard:
+            self.aborted = True
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed by the peer
+                    pass
+
+    def close(self) -> None:
+        super().close()
+        with self._guard:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+
+def _guarded(
+    base: type[HTTPConnection], policy: UrlPolicy, opened: Callable[[socket.socket], None]
+) -> type[HTTPConnection]:
     class GuardedConnection(base):
         def _new_conn(self) -> socket.socket:  # same error mapping as urllib3's own
             try:
-                return policy.connect(self._dns_host, self.port, self.timeout, self.source_address, self.socket_options)
+                sock = policy.connect(self._dns_host, self.port, self.timeout, self.source_address, self.socket_options)
+                opened(sock)
+                return sock
+            except UnicodeError:  # IDNA refused the name before any lookup (a label empty or too long)
+                raise InvalidHostError(f"{self.host} is not a valid host name") from None
             except socket.gaierror as exc:
                 raise NameResolutionError(self.host, self, exc) from exc
             except TimeoutError as exc:
@@ -181,14 +236,14 @@ def _guarded(base: type[HTTPConnection], policy: UrlPolicy) -> type[HTTPConnecti
 
 
 class _GuardedAdapter(HTTPAdapter):
-    def __init__(self, policy: UrlPolicy):
-        self._policy = policy
+    def __init__(self, policy: UrlPolicy, opened: Callable[[socket.socket], None]):
+        self._policy, self._opened = policy, opened
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
-        http = type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": _guarded(HTTPConnection, self._policy)})
-        https = type(
-            "GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": _guarded(HTTPSConnection, self._policy)}
-        )
+        http_conn = _guarded(HTTPConnection, self._policy, self._opened)
+        https_conn = _guarded(HTTPSConnection, self._policy, self._opened)
+        http = type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
+        https = type("GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn})
         self.poolmanager.pool_classes_by_scheme = {"http": http, "https": https}

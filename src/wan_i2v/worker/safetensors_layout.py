@@ -38,6 +38,8 @@ def check_layout(path: Path) -> None:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise LayoutError("not a safetensors file (its header is not JSON)") from None
+    except RecursionError:  # `[[[[...` thousands deep: no real header nests more than three levels
+        raise LayoutError("not a safetensors file (its JSON header is nested too deeply)") from None
     if not isinstance(header, dict):
         raise LayoutError("not a safetensors file (its header is not a JSON object)")
     data_bytes = size - 8 - length
