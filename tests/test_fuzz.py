@@ -94,7 +94,9 @@ def check(worker, job, tmp_root):
         named = FIELDS + given_keys + ["input", "job", "s3Config"]
         assert any(result["error"].startswith(name) for name in named), result  # names the field
     else:
-        assert result["video_url"].startswith("file://") and result["frame_num"] == job["input"].get("frame_num", 81)
+        inline = job["input"].get("return_base64") is True
+        assert result["video_url"].startswith("data:video/mp4;base64," if inline else "file://"), result["video_url"][:80]
+        assert result["frame_num"] == job["input"].get("frame_num", 81)
     assert list(tmp.iterdir()) == [], "temporary files were left behind"
 
 

@@ -7,8 +7,9 @@ from helpers import b64, data_uri, encode, picture
 from PIL import Image
 
 from wan_i2v.errors import InputError
+from wan_i2v.framing import crop_in_source, output_size
 from wan_i2v.worker import images
-from wan_i2v.worker.images import decode_image, fit_image, load_image, output_size
+from wan_i2v.worker.images import decode_image, fit_image, load_image
 
 
 @pytest.mark.parametrize(
@@ -51,6 +52,26 @@ def test_fit_image_covers_and_centre_crops():
     assert fitted.size == (96, 96)
     assert fitted.getpixel((48, 48)) == (0, 0, 255)
     assert fitted.getpixel((2, 48))[2] > 200  # centre crop keeps the middle, not the red edges
+
+
+def test_the_previewed_crop_is_the_part_of_the_source_the_worker_keeps():
+    """The playground draws `crop_in_source`; cropping the source there and resizing gives fit_image's frame."""
+    rng = np.random.default_rng(3)
+    for width, height in ((300, 100), (640, 480), (480, 853), (1000, 1000)):
+        source = (
+            Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+            .resize((width // 8, height // 8), Image.Resampling.BILINEAR)
+            .resize((width, height), Image.Resampling.BILINEAR)
+        )  # smooth, so resampling differences stay small
+        size = output_size(width, height, "480p") if max(width, height) / min(width, height) <= 4 else (96, 96)
+        box = crop_in_source(width, height, size)
+        assert abs(box["left"] * 2 + box["width"] - width) <= 1 and abs(box["top"] * 2 + box["height"] - height) <= 1
+        assert abs(box["width"] / box["height"] - size[0] / size[1]) < 0.01
+        by_box = source.crop((box["left"], box["top"], box["left"] + box["width"], box["top"] + box["height"])).resize(
+            size, Image.Resampling.LANCZOS
+        )
+        diff = np.abs(np.asarray(by_box, dtype=float) - np.asarray(fit_image(source, size), dtype=float)).mean()
+        assert diff < 4, (width, height, diff)
 
 
 @pytest.mark.parametrize("fmt, mime", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")])

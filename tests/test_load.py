@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.load, pytest.mark.timeout(3600)]  # 200 jobs take over
 # The sequential run compares the RSS medians of two windows of jobs (first and last job of each).
 SCALES = {
     "full": {"clients": (20, 10), "sequential": (100, (11, 30), (81, 100)), "kills": (6, 5, 10)},
-    "ci": {"clients": (8, 5), "sequential": (30, (6, 15), (21, 30)), "kills": (4, 3, 4)},
+    "ci": {"clients": (8, 4), "sequential": (24, (5, 12), (17, 24)), "kills": (4, 3, 4)},
 }
 
 
@@ -94,7 +94,7 @@ def test_100_sequential_jobs_in_one_worker_keep_memory_flat(endpoint_factory, tm
     1 MB per job moves them by about 10%. The peak (VmHWM) after job 30 against after job 100 shows
     the worker does not merely look flat between jobs while its working set climbs. Without the
     heap trim after each job (wan_i2v.worker.hostmem) the medians grew 12% here. At the CI scale
-    (30 jobs) the windows are jobs 6-15 and 21-30 and the peaks after jobs 15 and 30."""
+    (24 jobs) the windows are jobs 5-12 and 17-24 and the peaks after jobs 12 and 24."""
     count, (early_first, early_last), (late_first, late_last) = SCALES[load_scale]["sequential"]
     early_jobs, late_jobs = range(early_first, early_last + 1), range(late_first, late_last + 1)
     endpoint = endpoint_factory(workers_max=1, idle_timeout_s=60)

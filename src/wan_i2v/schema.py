@@ -464,13 +464,17 @@ def parse_job_input(raw: Any, default_mode: Mode = "quality", default_resolution
 
     Raises InputError naming every bad field ("field: problem" joined by "; ").
     """
+    return validate_job_input(raw).settled(default_mode, default_resolution)
+
+
+def validate_job_input(raw: Any) -> JobInput:
+    """The schema's checks alone (no mode settled); InputError naming every bad field."""
     if not isinstance(raw, dict):
         raise InputError(f"input: must be a JSON object with at least 'image', got {type(raw).__name__}")
     try:
-        request = JobInput.model_validate(raw)
+        return JobInput.model_validate(raw)
     except ValidationError as exc:
         raise InputError("; ".join(_message(e) for e in exc.errors())) from None
-    return request.settled(default_mode, default_resolution)
 
 
 def _default_text(name: str) -> str:

@@ -1,4 +1,4 @@
-"""The `wan-i2v` command: single jobs, workers, health, bulk runs, and the local dev endpoint.
+"""The `wan-i2v` command: single jobs, workers, health, bulk runs, the local dev endpoint and the playground.
 
 Reads RUNPOD_API_KEY, RUNPOD_ENDPOINT_ID and RUNPOD_ENDPOINT_BASE_URL (point it at
 `wan-i2v dev-endpoint` to work locally). Exit codes: 0 done, 1 a job or batch failed, 2 usage or API error.
@@ -271,6 +271,67 @@ def cmd_dev_endpoint(args) -> int:
     return 0
 
 
+def cmd_playground(args) -> int:
+    try:
+        from .playground import History, Playground, PlaygroundServer, is_loopback
+    except ImportError as exc:
+        raise ApiError(f"the playground needs Flask: pip install 'wan-i2v[playground]' ({exc})") from None
+    if not is_loopback(args.host) and not args.allow_remote:
+        raise ApiError(
+            f"--host {args.host}: the playground binds 127.0.0.1 unless you also pass --allow-remote "
+            "(anyone who can reach the address and has the printed token can spend your endpoint's GPU time)"
+        )
+    dev = None
+    if args.dev:
+        dev, client = _dev_endpoint(args)
+        label = f"dev endpoint at {dev.url} (WAN_MODEL={os.environ.get('WAN_MODEL')})"
+    else:
+        client = _client(args)
+        label = f"endpoint {client.endpoint_id}" + (f" at {client.base_url}" if args.base_url else " on RunPod")
+    history = History(Path(args.data).expanduser())
+    server = PlaygroundServer(Playground(client, history, label), args.host, args.port).start()
+    print(f"playground for {label}: {server.url if is_loopback(args.host) else server.url_with_token}", flush=True)
+    if not is_loopback(args.host):
+        print(f"access token (keep it private): {server.token}", flush=True)
+    closing = _Closing([server, *([dev] if dev else []), history])
+    from .devserver import serve_until_signalled
+
+    serve_until_signalled(closing)
+    return 0
+
+
+class _Closing:
+    """Closes each of its parts once, in order (for serve_until_signalled)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
+def _dev_endpoint(args):
+    """A dev endpoint of this process's own, with a random key the page never sees."""
+    import secrets
+
+    from .devserver import DevEndpoint
+
+    if not os.environ.get("WAN_MODEL"):
+        tiny = Path("models/tiny")
+        if not (tiny / "model_index.json").is_file():
+            raise ApiError(
+                "--dev: set WAN_MODEL, or build the tiny model first: python builder/tiny_model.py models/tiny"
+            )
+        os.environ["WAN_MODEL"] = str(tiny.resolve())
+    key = secrets.token_urlsafe(24)
+    # One worker kept warm for ten idle minutes: a person trying settings should not wait for cold starts.
+    dev = DevEndpoint(
+        api_key=key, endpoint_id="dev", port=0, handler=Path(args.handler), workers_max=1, idle_timeout_s=600
+    ).start()
+    return dev, Client.from_env(env={}, endpoint_id="dev", api_key=key, base_url=f"{dev.url}/v2")
+
+
 def build_parser() -> argparse.ArgumentParser:
     def common(defaults: bool) -> argparse.ArgumentParser:
         # Accepted before or after the command; a subcommand's copy only overrides when given.
@@ -343,6 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handler", default="handler.py", help="the worker's handler.py (default: ./handler.py)")
     p.add_argument("--log-dir", help="write each worker's output to DIR/worker-N.log")
     p.set_defaults(run=cmd_dev_endpoint)
+
+    p = sub.add_parser("playground", help="a local web page to try the endpoint, watch jobs and keep their videos")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true", help="allow --host other than loopback; prints the token")
+    p.add_argument("--dev", action="store_true", help="start a local dev endpoint (WAN_MODEL, default models/tiny)")
+    p.add_argument("--handler", default="handler.py", help="with --dev: the worker's handler.py")
+    p.add_argument(
+        "--data",
+        default=str(Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share") / "wan-i2v" / "playground"),
+        help="where the history (SQLite), videos and posters are kept",
+    )
+    p.set_defaults(run=cmd_playground)
     return parser
 
 

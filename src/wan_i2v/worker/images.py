@@ -8,24 +8,19 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
-from ..schema import RESOLUTION_AREAS
+from ..framing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, cover
 from .download import download
 from .netguard import UrlPolicy
 
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
 FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF"}
 ALLOWED_FORMATS = ", ".join(FORMATS.values())
 DEFAULT_POLICY = UrlPolicy()  # public addresses only; 5 s connect, 20 s read, 60 s total, 3 redirects
-MAX_ASPECT_RATIO = 4.0  # longer side over shorter side
-SIDE_MULTIPLE = 16  # VAE stride 8 x transformer patch 2
 
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+(=[\w.+-]+)?)*),(?P<data>.*)$", re.DOTALL
@@ -138,30 +133,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def output_size(width: int, height: int, resolution: str, field: str = "image") -> tuple[int, int]:
-    """(width, height) of the video: the image's aspect ratio at the resolution's area, sides multiples of 16.
-
-    Same rule as the official Wan2.2 code: each side is sqrt(area * its share of the aspect ratio),
-    floored to a multiple of 16. Integer arithmetic keeps 832x480 and 1280x720 exact.
-    """
-    ratio = max(width, height) / min(width, height)
-    if ratio > MAX_ASPECT_RATIO:
-        raise InputError(
-            f"{field}: aspect ratio {width}x{height} ({ratio:.1f}:1) is too extreme; "
-            f"allowed: between 1:{MAX_ASPECT_RATIO:.0f} and {MAX_ASPECT_RATIO:.0f}:1"
-        )
-    area_w, area_h = RESOLUTION_AREAS[resolution]
-    area, step2 = area_w * area_h, SIDE_MULTIPLE * SIDE_MULTIPLE
-    out_w = SIDE_MULTIPLE * math.isqrt(area * width // (step2 * height))
-    out_h = SIDE_MULTIPLE * math.isqrt(area * height // (step2 * width))
-    return out_w, out_h
-
-
 def fit_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize to cover `size`, then centre-crop to it exactly."""
+    """Resize to cover `size`, then centre-crop to it exactly (framing.cover: the playground previews it)."""
     width, height = size
-    scale = max(width / image.width, height / image.height)
-    cover = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    resized = image.resize(cover, Image.Resampling.LANCZOS) if cover != image.size else image
-    left, top = (cover[0] - width) // 2, (cover[1] - height) // 2
+    resized_size, (left, top) = cover(image.width, image.height, size)
+    resized = image.resize(resized_size, Image.Resampling.LANCZOS) if resized_size != image.size else image
     return resized.crop((left, top, left + width, top + height))

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..bucket import BucketSettings
 from ..errors import InputError, JobError, SettingsError
+from ..framing import output_size
 from ..schema import (
     SEED_MAX,
     AppliedLora,
@@ -33,7 +34,7 @@ from ..schema import (
 )
 from .engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams, JobLora
 from .hostmem import resident_bytes, trim_heap
-from .images import fit_image, load_image, output_size
+from .images import fit_image, load_image
 from .lora_files import LoraFile, LoraStore
 from .netguard import BlockedAddressError
 from .settings import GB, Settings

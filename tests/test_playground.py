@@ -1,0 +1,172 @@
+"""The playground's backend without a browser: its guards (Host, token, body cap, remote binding), the
+config it serves from the one schema, the crop preview by the worker's own rule, field errors, and jobs
+sent to a real local endpoint that never starts a worker (they stay queued; cancel ends them), kept in
+a history that outlives the server. What the page does with it is tested in a real browser in
+test_playground_browser.py."""
+
+import json
+import re
+import subprocess
+
+import pytest
+import requests
+from helpers import KEY, client_for, data_uri, encode, picture, wan_i2v
+
+from wan_i2v.framing import MAX_IMAGE_BYTES, crop_in_source, output_size
+from wan_i2v.ops.playground import History, Playground, PlaygroundServer, create_app
+from wan_i2v.ops.playground.backend import field_errors
+from wan_i2v.schema import JobInput
+
+pytest.importorskip("flask")
+
+IMAGE = data_uri(encode(picture(208, 120)))
+
+
+@pytest.fixture
+def served(idle_endpoint, tmp_path):
+    """The playground on a free loopback port, over a real local endpoint whose jobs stay queued."""
+    playground = Playground(client_for(idle_endpoint), History(tmp_path / "data"), "dev endpoint (test)")
+    server = PlaygroundServer(playground, port=0).start()
+    yield server, playground, idle_endpoint
+    server.close()
+    playground.history.close()
+
+
+def call(server, method, path, body=None, token=True, **kwargs):
+    headers = kwargs.pop("headers", {})
+    if token:
+        headers["X-Playground-Token"] = server.token
+    return requests.request(method, server.url.rstrip("/") + path, json=body, headers=headers, timeout=10, **kwargs)
+
+
+def test_the_page_and_config_come_from_the_package_and_the_one_schema(served):
+    server, _, _ = served
+    page = call(server, "GET", "/", token=False)
+    assert page.status_code == 200 and f'content="{server.token}"' in page.text
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        assert call(server, "GET", asset, token=False).status_code == 200, asset
+    config = call(server, "GET", "/api/config", token=False).json()
+    assert config["schema"] == json.loads(json.dumps(JobInput.model_json_schema()))
+    assert config["modes"]["turbo"]["steps"] == [2, 8] and config["limits"]["image_bytes"] == MAX_IMAGE_BYTES
+    assert "mode" in config["schema"]["properties"] and "loras" in config["schema"]["properties"]
+
+
+def test_the_preview_is_the_workers_size_and_crop(served):
+    server, _, _ = served
+    for width, height, resolution in ((1920, 1080, "480p"), (600, 800, "720p"), (333, 333, "480p")):
+        answer = call(server, "POST", "/api/preview", {"width": width, "height": height, "resolution": resolution})
+        size = output_size(width, height, resolution)
+        assert answer.json() == {"width": size[0], "height": size[1], "crop": crop_in_source(width, height, size)}
+    refused = call(server, "POST", "/api/preview", {"width": 4000, "height": 500, "resolution": "480p"})
+    assert refused.status_code == 422 and "aspect ratio" in refused.json()["errors"]["image"]
+
+
+def test_changes_need_the_launch_token_and_the_host_must_be_the_playgrounds(served):
+    server, _, endpoint = served
+    job = {"input": {"image": IMAGE, "prompt": "a boat"}}
+    for headers in ({}, {"X-Playground-Token": "wrong"}):
+        answer = call(server, "POST", "/api/jobs", job, token=False, headers=headers)
+        assert answer.status_code == 403 and "token" in answer.json()["message"]
+    rebound = call(server, "GET", "/api/config", token=False, headers={"Host": f"evil.example:{server.port}"})
+    assert rebound.status_code == 403  # a DNS-rebinding page names its own host
+    assert endpoint.stats().submissions == []  # nothing reached the endpoint
+
+
+def test_bad_fields_are_named_with_the_workers_words_and_big_uploads_are_refused(served):
+    server, _, endpoint = served
+    answer = call(server, "POST", "/api/jobs", {"input": {"image": IMAGE, "frame_num": 83, "fps": 100}})
+    errors = answer.json()["errors"]
+    assert answer.status_code == 422 and set(errors) == {"frame_num", "fps"}
+    assert errors["frame_num"].startswith("frame_num: 83 is not allowed (must be 4n+1; nearest valid: 81 or 85)")
+    turbo = call(server, "POST", "/api/jobs", {"input": {"image": IMAGE, "mode": "turbo", "sample_steps": 30}})
+    assert "sample_steps: 30 is not allowed in turbo mode" in turbo.json()["errors"]["sample_steps"]
+    lora = call(
+        server, "POST", "/api/jobs", {"input": {"image": IMAGE, "loras": [{"high": "a.safetensors", "scale": 3}]}}
+    )
+    assert "loras[0].scale" in lora.json()["errors"]
+    big = "data:image/png;base64," + "A" * (MAX_IMAGE_BYTES * 4 // 3 + 400)
+    too_big = call(server, "POST", "/api/jobs", {"input": {"image": big}})
+    assert too_big.status_code == 413 and "at most 10 MB" in too_big.json()["errors"]["image"]
+    huge = call(server, "POST", "/api/jobs", {"input": {"image": big + big + big}})
+    assert huge.status_code == 413 and "image" in huge.json()["errors"]
+    assert endpoint.stats().submissions == []
+
+
+def test_field_errors_split_a_workers_message_by_field():
+    message = "frame_num: 83 is not allowed (x; y), allowed: 17; loras[1].scale: 5 is too big; image: refused"
+    assert field_errors(message) == {
+        "frame_num": "frame_num: 83 is not allowed (x; y), allowed: 17",
+        "loras[1].scale": "loras[1].scale: 5 is too big",
+        "image": "image: refused",
+    }
+    assert field_errors("the GPU ran out of memory") == {}
+
+
+def test_a_queued_job_is_followed_cancelled_and_kept_and_the_key_never_reaches_the_page(served, tmp_path):
+    server, playground, endpoint = served
+    sent = call(server, "POST", "/api/jobs", {"input": {"image": IMAGE, "prompt": "a boat", "seed": 7}})
+    assert sent.status_code == 200
+    job_id = sent.json()["id"]
+    assert endpoint.stats().submissions[0]["input"]["image"] == IMAGE  # the exact job reached the endpoint
+    seen = call(server, "GET", f"/api/jobs/{job_id}", token=False).json()
+    assert seen["status"] == "IN_QUEUE" and seen["queue"]["in_queue"] == 1 and seen["queue"]["workers_ready"] == 0
+    assert seen["input"]["image"] == f"/api/jobs/{job_id}/image" and seen["input"]["seed"] == 7
+    image = call(server, "GET", seen["input"]["image"], token=False)
+    assert image.content == encode(picture(208, 120)) and image.headers["Content-Type"] == "image/png"
+    snippets = call(server, "GET", f"/api/jobs/{job_id}/snippets", token=False).json()
+    assert "$RUNPOD_API_KEY" in snippets["curl"] and "os.environ['RUNPOD_API_KEY']" in snippets["python"]
+    assert IMAGE in snippets["curl"] and '"seed": 7' in snippets["python"]
+    compile(snippets["python"], "snippet", "exec")  # valid Python
+    cancelled = call(server, "POST", f"/api/jobs/{job_id}/cancel")
+    assert cancelled.json()["status"] == "CANCELLED"
+    assert call(server, "GET", f"/api/jobs/{job_id}", token=False).json()["status"] == "CANCELLED"
+    bodies = [
+        call(server, "GET", path, token=False).text
+        for path in ("/", "/api/config", "/api/history", f"/api/jobs/{job_id}", f"/api/jobs/{job_id}/snippets")
+    ]
+    assert not any(KEY in body for body in bodies)
+    server.close()
+    playground.history.close()
+    again = History(tmp_path / "data")  # a restart: the history is still there
+    assert [(job["id"], job["status"]) for job in again.all()] == [(job_id, "CANCELLED")]
+    again.close()
+
+
+def test_posters_must_be_small_pngs(served):
+    server, _, _ = served
+    job_id = call(server, "POST", "/api/jobs", {"input": {"image": IMAGE}}).json()["id"]
+    png = encode(picture(32, 18))
+    path = f"/api/jobs/{job_id}/poster"
+    assert call(server, "PUT", path, data=b"GIF89a....", headers={"Content-Type": "image/png"}).status_code == 422
+    assert call(server, "PUT", path, data=png, headers={"Content-Type": "image/png"}).status_code == 204
+    assert call(server, "GET", path, token=False).content == png
+    assert call(server, "GET", "/api/history", token=False).json()["jobs"][0]["poster"] == path
+
+
+def test_bound_to_another_address_every_request_needs_the_token(tmp_path):
+    playground = Playground(client=None, history=History(tmp_path / "data"), label="x")  # no job is sent here
+    app = create_app(playground, "launch-token", "0.0.0.0", 7860).test_client()
+    assert app.get("/").status_code == 401 and app.get("/api/config").status_code == 401
+    assert app.get("/?token=wrong").status_code == 401
+    page = app.get("/?token=launch-token")
+    assert (
+        page.status_code == 200
+        and "HttpOnly" in page.headers["Set-Cookie"]
+        and "SameSite=Strict" in page.headers["Set-Cookie"]
+    )
+    assert app.get("/api/config").status_code == 200  # the cookie the page got
+    assert (
+        app.post("/api/preview", json={"width": 10, "height": 10}).status_code == 403
+    )  # changes still need the header
+    playground.history.close()
+
+
+def test_the_command_binds_loopback_unless_told_otherwise():
+    refused = subprocess.run(
+        [*wan_i2v("playground", "--host", "0.0.0.0", "--endpoint", "x", "--api-key", "k")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--allow-remote" in refused.stderr
