@@ -94,8 +94,8 @@ def check(worker, job, tmp_root):
         named = FIELDS + given_keys + ["input", "job", "s3Config"]
         assert any(result["error"].startswith(name) for name in named), result  # names the field
     else:
-        inline = job["input"].get("return_base64") is True
-        assert result["video_url"].startswith("data:video/mp4;base64," if inline else "file://"), result["video_url"][:80]
+        wanted = "data:video/mp4;base64," if job["input"].get("return_base64") is True else "file://"
+        assert result["video_url"].startswith(wanted), result["video_url"][:80]
         assert result["frame_num"] == job["input"].get("frame_num", 81)
     assert list(tmp.iterdir()) == [], "temporary files were left behind"
 

@@ -4,6 +4,7 @@ sent to a real local endpoint that never starts a worker (they stay queued; canc
 a history that outlives the server. What the page does with it is tested in a real browser in
 test_playground_browser.py."""
 
+import ast
 import json
 import re
 import subprocess
@@ -105,7 +106,8 @@ def test_field_errors_split_a_workers_message_by_field():
 
 def test_a_queued_job_is_followed_cancelled_and_kept_and_the_key_never_reaches_the_page(served, tmp_path):
     server, playground, endpoint = served
-    sent = call(server, "POST", "/api/jobs", {"input": {"image": IMAGE, "prompt": "a boat", "seed": 7}})
+    job = {"image": IMAGE, "prompt": "a boat", "seed": 7, "return_base64": False}
+    sent = call(server, "POST", "/api/jobs", {"input": job})
     assert sent.status_code == 200
     job_id = sent.json()["id"]
     assert endpoint.stats().submissions[0]["input"]["image"] == IMAGE  # the exact job reached the endpoint
@@ -116,8 +118,11 @@ def test_a_queued_job_is_followed_cancelled_and_kept_and_the_key_never_reaches_t
     assert image.content == encode(picture(208, 120)) and image.headers["Content-Type"] == "image/png"
     snippets = call(server, "GET", f"/api/jobs/{job_id}/snippets", token=False).json()
     assert "$RUNPOD_API_KEY" in snippets["curl"] and "os.environ['RUNPOD_API_KEY']" in snippets["python"]
-    assert IMAGE in snippets["curl"] and '"seed": 7' in snippets["python"]
-    compile(snippets["python"], "snippet", "exec")  # valid Python
+    # Each snippet carries the exact job: curl's body as JSON, Python's `job = ...` as a Python literal.
+    body = snippets["curl"].split("<<'JOB'\n", 1)[1].rsplit("\nJOB", 1)[0]
+    assert json.loads(body) == {"input": job}
+    assignment = next(n for n in ast.parse(snippets["python"]).body if isinstance(n, ast.Assign))
+    assert assignment.targets[0].id == "job" and ast.literal_eval(assignment.value) == job
     cancelled = call(server, "POST", f"/api/jobs/{job_id}/cancel")
     assert cancelled.json()["status"] == "CANCELLED"
     assert call(server, "GET", f"/api/jobs/{job_id}", token=False).json()["status"] == "CANCELLED"

@@ -319,7 +319,7 @@ def test_two_finished_jobs_compare_side_by_side_and_a_jobs_settings_come_back(st
     wait(lambda: slow_id in text_of(driver, "run-job"), 10, "the job opened")
     by_id(driver, "reuse").click()
     wait(lambda: by_id(driver, "field-sample_steps").get_attribute("value") == "30", 10, "the form refilled")
-    assert "832" in text_of(driver, "output-size"), "its image is back in the preview"
+    wait(lambda: "832" in text_of(driver, "output-size"), 10, "its image back in the preview")
     before = submissions(stack)
     by_id(driver, "new-seed").click()
     wait(lambda: submissions(stack) == before + 1, 10, "the job sent again")
@@ -350,9 +350,36 @@ def click_card(driver, job_id: str, inside: str | None = None) -> None:
     wait(lambda: _quietly(lambda: driver.find_element(By.CSS_SELECTOR, selector).click() or True), 10, selector)
 
 
+_DROP_OR_PASTE = """
+const [how, b64] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], how + ".png", {type: "image/png"}));
+const init = {bubbles: true, cancelable: true};
+const zone = document.getElementById("drop-zone");
+if (how === "drop") zone.dispatchEvent(new DragEvent("drop", {...init, dataTransfer: data}));
+else document.body.dispatchEvent(new ClipboardEvent("paste", {...init, clipboardData: data}));
+"""
+
+
+def test_an_image_comes_in_by_drop_and_by_paste_too(stack):
+    """The events a drop and a paste deliver, with a real PNG file in them; the preview names the size the
+    worker's own rule gives for it."""
+    from wan_i2v.framing import output_size
+
+    driver = stack["driver"]
+    open_page(stack)
+    for how, (width, height) in (("drop", (300, 400)), ("paste", (500, 200))):
+        driver.execute_script(_DROP_OR_PASTE, how, base64.b64encode(encode(picture(width, height))).decode())
+        size = "{}×{}".format(*output_size(width, height, "480p"))
+        wait(lambda size=size: size in text_of(driver, "output-size"), 10, f"the {how}ped image's preview ({size})")
+        assert f"image {width}×{height}" in text_of(driver, "output-size")
+
+
 def test_the_api_key_is_in_no_response_the_browser_received(stack):
     audit(stack)
     assert stack["audited"] >= 10  # the page, its assets, config, jobs, polls, videos, posters
+    print(f"{stack['audited']} responses read back, the key in none")
 
 
 def audit(stack) -> None:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import logging
+import pprint
 import re
 import time
 from dataclasses import dataclass
@@ -189,7 +190,7 @@ class Playground:
         )
         python = (
             "import os\n\nimport requests\n\n"
-            f"job = {json.dumps(job_input, indent=4)}\n"
+            f"job = {pprint.pformat(job_input, indent=4, width=100, sort_dicts=False)}\n"  # Python: True, None
             f"answer = requests.post(\n    {url!r},\n"
             '    headers={"Authorization": f"Bearer {os.environ[\'RUNPOD_API_KEY\']}"},\n'
             '    json={"input": job},\n    timeout=60,\n)\n'
