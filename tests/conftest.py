@@ -287,7 +287,7 @@ def endpoint_factory(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("WAN_OUTPUT_DIR", str(tmp_path / "worker-out"))
     started = []
 
-    def start(workers_max=1, idle_timeout_s=1.0, spawn_workers=True):
+    def start(workers_max=1, idle_timeout_s=1.0, spawn_workers=True, retention_s=1800.0):
         endpoint = DevEndpoint(
             api_key=KEY,
             handler=ROOT / "handler.py",
@@ -295,6 +295,7 @@ def endpoint_factory(tiny_model, tmp_path, monkeypatch):
             idle_timeout_s=idle_timeout_s,
             log_dir=tmp_path / "worker-logs",
             spawn_workers=spawn_workers,
+            retention_s=retention_s,
         ).start()
         started.append(endpoint)
         return endpoint

@@ -73,6 +73,17 @@ def test_a_batch_job_refused_by_the_api_stops_the_batch_with_the_apis_error(idle
     assert ledger_states(download / "wan-i2v-batch.sqlite") == ["submitting"]
 
 
+def test_a_missing_count_or_dev_endpoint_key_is_a_usage_error(monkeypatch, capsys):
+    """Exit 2 with the command's own words, in process (nothing is called)."""
+    for name, value in no_endpoint_env().items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["workers", "set"]) == 2
+    assert "wan-i2v workers set: give the number of min workers" in capsys.readouterr().err
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    assert cli.main(["dev-endpoint"]) == 2
+    assert "wan-i2v dev-endpoint: give --api-key or set RUNPOD_API_KEY" in capsys.readouterr().err
+
+
 def test_a_batch_that_cannot_start_is_a_usage_error(tmp_path):
     images, prompts = make_inputs(tmp_path, 1, ["waves roll in"])
     ledger = tmp_path / "videos" / "wan-i2v-batch.sqlite"

@@ -135,6 +135,9 @@ def test_hub_files_use_only_the_hubs_documented_fields_and_presets_are_real_sett
         )
         settled.append((job.mode, job.resolution, job.sample_steps))  # what a job naming neither runs
     assert settled == [("turbo", "480p", 4), ("quality", "480p", 30), ("turbo", "720p", 4)]  # the first is the default
+    inputs = {entry["key"]: entry["input"] for entry in config["env"] if "input" in entry}
+    for key, value in config["presets"][0]["defaults"].items():  # a listing with no preset chosen is the first
+        assert str(inputs[key].get("default", value)) == str(value), key
     tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())
     assert set(tests) == {"tests", "config"} and set(tests["config"]) <= TESTS_CONFIG_FIELDS
     for test in tests["tests"]:

@@ -15,7 +15,7 @@ from helpers import picture
 from wan_i2v.errors import SettingsError
 from wan_i2v.worker.attention import pick_attention
 from wan_i2v.worker.engine import Engine, GenerationParams
-from wan_i2v.worker.memory import GIB, choose_plan
+from wan_i2v.worker.memory import GIB, align_storage, choose_plan
 from wan_i2v.worker.quantize import pick_quant
 from wan_i2v.worker.settings import EngineOptions
 
@@ -135,6 +135,20 @@ def test_memory_plans_follow_the_free_memory(gib, expert_gib, plan, text_on_dema
     assert forced.name == "swap"
     with pytest.raises(SettingsError, match="WAN_MEMORY_PLAN='all': allowed auto, resident, swap, offload"):
         choose_plan("all", torch.device("cuda"), 0, 0, 0, 0)
+
+
+def test_weights_at_odd_offsets_get_aligned_storage_of_their_own_with_the_same_values():
+    """Safetensors read on the CPU leave weights at odd offsets of one buffer, and CPU kernels pick their
+    path by alignment: unaligned, a layer computes differently once a park and fetch has aligned it."""
+    layer = torch.nn.Linear(24, 40)
+    buffer = torch.randn(24 * 40 + 3)
+    layer.weight.data = buffer[3:].view(40, 24)  # 12 bytes into the buffer, as a file's tensors are
+    before = layer.weight.detach().clone()
+    assert layer.weight.data_ptr() % 64 != 0
+    assert align_storage(layer) == 1  # the weight; the bias had storage of its own
+    assert layer.weight.data_ptr() % 64 == 0 and torch.equal(layer.weight, before)
+    assert layer.weight.stride() == (24, 1) and isinstance(layer.weight, torch.nn.Parameter)
+    assert align_storage(layer) == 0  # nothing left to copy
 
 
 def test_the_cold_start_report_names_the_choices_with_timings(tiny_model, engine_with, caplog, tmp_path):

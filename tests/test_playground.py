@@ -5,17 +5,24 @@ a history that outlives the server. What the page does with it is tested in a re
 test_playground_browser.py."""
 
 import ast
+import http.server
 import json
 import re
 import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from helpers import KEY, client_for, data_uri, encode, picture, wan_i2v
+from helpers import KEY, OUTPUT, b64, client_for, data_uri, encode, picture, wan_i2v
 
 from wan_i2v.framing import MAX_IMAGE_BYTES, crop_in_source, output_size
+from wan_i2v.ops.api import ApiError
 from wan_i2v.ops.playground import History, Playground, PlaygroundServer, create_app
-from wan_i2v.ops.playground.backend import field_errors
+from wan_i2v.ops.playground import backend as playground_backend
+from wan_i2v.ops.playground.app import host_names
+from wan_i2v.ops.playground.backend import PlaygroundError, field_errors
 from wan_i2v.schema import JobInput
 
 pytest.importorskip("flask")
@@ -138,6 +145,180 @@ def test_a_queued_job_is_followed_cancelled_and_kept_and_the_key_never_reaches_t
     again.close()
 
 
+def test_a_job_the_endpoint_forgot_ends_failed_with_why_and_another_endpoints_job_is_left_alone(
+    endpoint_factory, tmp_path
+):
+    """RunPod forgets a job 30 minutes after it ends (404 from /status): a job the playground stopped
+    watching before then ends FAILED, saying so, instead of being asked about for ever. A history holds
+    the jobs of every endpoint it was used with: the others' are shown as last seen, never asked of or
+    cancelled through this one."""
+    forgetful, other = endpoint_factory(spawn_workers=False, retention_s=0.2), endpoint_factory(spawn_workers=False)
+    history = History(tmp_path / "data")
+    here = Playground(client_for(forgetful), history, "endpoint forgetful")
+    there = Playground(client_for(other), history, "endpoint other")
+    gone = here.submit({"input": {"image": IMAGE, "prompt": "a boat"}})["id"]
+    kept = there.submit({"input": {"image": IMAGE, "prompt": "a cat"}})["id"]
+    here.job(gone)  # asked once: queued
+    client_for(forgetful).cancel(gone)  # ended behind the playground's back, then forgotten
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client_for(forgetful).status(gone)
+        except ApiError as exc:
+            assert exc.status == 404
+            break
+        assert time.monotonic() < deadline, "the endpoint kept the job past its retention"
+        time.sleep(0.1)
+    time.sleep(playground_backend.STATUS_EVERY_S)
+    young = here.job(gone)  # a 404 for a job sent minutes ago is not RunPod's retention: asked again later
+    assert young["status"] == "IN_QUEUE" and young["error"] is None
+    here.forget_after_s = 0.0  # as if the job had been sent more than 30 minutes ago
+    time.sleep(playground_backend.STATUS_EVERY_S)
+    seen = here.job(gone)
+    assert seen["status"] == "FAILED" and seen["followed"] is True
+    assert "no longer knows job" in seen["error"]["message"] and "last seen in queue" in seen["error"]["message"]
+    assert history.get(gone)["status"] == "FAILED"  # kept: not asked again
+    foreign = here.job(kept)
+    assert foreign["status"] == "IN_QUEUE" and foreign["followed"] is False and foreign["endpoint"] == "endpoint other"
+    with pytest.raises(PlaygroundError) as refused:
+        here.cancel(kept)
+    assert refused.value.status == 409 and "endpoint other" in refused.value.message
+    assert client_for(other).status(kept)["status"] == "IN_QUEUE"  # untouched where it was sent
+    assert there.job(kept)["followed"] is True
+    history.close()
+
+
+class StandIn:
+    """A worker the endpoint's pool did not start, speaking RunPod's job-take protocol over HTTP: it takes
+    the next job and ends it with whatever the test says the worker answered."""
+
+    def __init__(self, endpoint):
+        with endpoint.cond:
+            endpoint.queue.add_worker("stand-in")
+        self.base, self.token = endpoint.url, endpoint.token
+
+    def take(self) -> str:
+        return requests.get(f"{self.base}/dev/job-take/stand-in?token={self.token}", timeout=10).json()["id"]
+
+    def finish(self, job_id: str, output: dict) -> None:
+        url = f"{self.base}/dev/job-done/stand-in/{job_id}?token={self.token}"
+        assert requests.post(url, json={"output": output}, timeout=10).status_code == 200
+
+
+class Bucket(http.server.BaseHTTPRequestHandler):
+    """A bucket stand-in on loopback serving one video: each GET answered with the next status in `plan`."""
+
+    plan: list = []
+    body = b"\x00\x00\x00\x18ftypmp42 the video's bytes"
+    seen: list = []
+
+    def do_GET(self):  # noqa: N802 (the standard library's name)
+        Bucket.seen.append(self.path)
+        status = Bucket.plan.pop(0) if Bucket.plan else 200
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(self.body) if status == 200 else 0))
+        self.end_headers()
+        if status == 200:
+            self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def bucket():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bucket)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Bucket.plan, Bucket.seen = [], []
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_cancel_that_comes_after_the_job_ended_collects_its_video(served, tmp_path):
+    """The job finished between two polls and Cancel was pressed: the history gets the output and the
+    video, as a poll would have collected them, not a bare COMPLETED with nothing to play."""
+    server, _, endpoint = served
+    worker = StandIn(endpoint)
+    job_id = call(server, "POST", "/api/jobs", {"input": {"image": IMAGE, "prompt": "a boat"}}).json()["id"]
+    assert worker.take() == job_id
+    video = tmp_path / "worker-out" / "clip.mp4"
+    video.parent.mkdir()
+    video.write_bytes(Bucket.body)
+    worker.finish(job_id, {**OUTPUT, "video_url": video.as_uri(), "seed": 99, "storage": "local"})
+    assert call(server, "POST", f"/api/jobs/{job_id}/cancel").json() == {"status": "COMPLETED"}
+    seen = call(server, "GET", f"/api/jobs/{job_id}", token=False).json()
+    assert seen["status"] == "COMPLETED" and seen["output"]["seed"] == 99 and seen["error"] is None
+    assert call(server, "GET", seen["video"], token=False).content == Bucket.body
+
+
+def test_pages_asking_at_once_cause_one_status_call_and_one_download_a_failed_one_is_tried_again(
+    served, bucket, monkeypatch
+):
+    """Two tabs, or a reload during a download: one job is refreshed by one request at a time. A video the
+    bucket refused is fetched again when the job is next opened, and no answer ever holds its URL."""
+    server, playground, endpoint = served
+    worker = StandIn(endpoint)
+    job_id = call(server, "POST", "/api/jobs", {"input": {"image": IMAGE}}).json()["id"]
+    asked = []
+    status = playground.client.status
+    monkeypatch.setattr(playground.client, "status", lambda job: asked.append(job) or status(job))
+    monkeypatch.setattr(playground_backend, "STATUS_EVERY_S", 60.0)  # no two asks of a queued job in a test
+
+    def many_at_once(path):
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda _: call(server, "GET", path, token=False), range(8)))
+
+    queued = many_at_once(f"/api/jobs/{job_id}")
+    assert len(asked) == 1 and {a.json()["status"] for a in queued} == {"IN_QUEUE"}
+    monkeypatch.setattr(playground_backend, "STATUS_EVERY_S", 0.0)
+    worker.take()
+    secret = f"{bucket}/wan-i2v/clip.mp4?X-Amz-Credential=AKIA-the-credential&X-Amz-Signature=the-signature"
+    worker.finish(job_id, {**OUTPUT, "video_url": secret})
+    Bucket.plan = [503]  # the bucket refuses once (the client's own download does not retry)
+    answers = many_at_once(f"/api/jobs/{job_id}")
+    assert len(Bucket.seen) == 1, f"{len(Bucket.seen)} downloads of one video at once"
+    assert {a.json()["status"] for a in answers} == {"COMPLETED"}
+    failed = answers[0].json()
+    assert failed["video"] is None and "HTTP 503 from the bucket" in failed["error"]["message"]
+    every_body = [a.text for a in answers] + [call(server, "GET", "/api/history", token=False).text]
+    assert not any("the-signature" in body or "AKIA" in body for body in every_body)
+    monkeypatch.setattr(playground_backend, "REFETCH_EVERY_S", 0.0)
+    again = call(server, "GET", f"/api/jobs/{job_id}", token=False).json()
+    assert again["error"] is None and call(server, "GET", again["video"], token=False).content == Bucket.body
+    assert len(Bucket.seen) == 2
+    call(server, "GET", f"/api/jobs/{job_id}", token=False)
+    assert len(Bucket.seen) == 2  # fetched: not asked for again
+
+
+def test_an_image_is_a_url_a_data_uri_or_base64_and_never_a_path_on_the_playgrounds_machine(served, tmp_path):
+    server, _, endpoint = served
+    private = tmp_path / "private.png"
+    private.write_bytes(encode(picture(64, 48)))
+    for value in (str(private), "file://" + str(private), "../private.png", "ftp://example.com/a.png"):
+        refused = call(server, "POST", "/api/jobs", {"input": {"image": value}})
+        assert refused.status_code == 422 and "never reads a path" in refused.json()["errors"]["image"], value
+    assert endpoint.stats().submissions == []
+    raw = b64(encode(picture(208, 120)))  # the worker takes plain base64 too
+    job_id = call(server, "POST", "/api/jobs", {"input": {"image": raw}}).json()["id"]
+    assert endpoint.stats().submissions[0]["input"]["image"] == raw  # sent exactly as given
+    image = call(server, "GET", f"/api/jobs/{job_id}/image", token=False)
+    assert image.content == encode(picture(208, 120)) and image.headers["Content-Type"] == "image/png"
+    assert raw not in call(server, "GET", "/api/history", token=False).text  # kept beside the row
+    too_big = call(server, "POST", "/api/jobs", {"input": {"image": "A" * (MAX_IMAGE_BYTES * 4 // 3 + 400)}})
+    assert too_big.status_code == 413 and "at most 10 MB" in too_big.json()["errors"]["image"]
+    svg = data_uri(b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>', "image/svg+xml")
+    svg_id = call(server, "POST", "/api/jobs", {"input": {"image": svg}}).json()["id"]  # the worker refuses it
+    served_back = call(server, "GET", f"/api/jobs/{svg_id}/image", token=False)
+    assert served_back.headers["Content-Type"] == "application/octet-stream"  # never rendered as SVG here
+
+
+def test_job_ids_that_cannot_name_a_folder_are_not_found(served):
+    server, _, _ = served
+    for path in ("/api/jobs/a%5Cb/video", "/api/jobs/%2E%2E/poster", "/api/jobs/%2E/image"):
+        assert call(server, "GET", path, token=False).status_code == 404, path
+
+
 def test_posters_must_be_small_pngs(served):
     server, _, _ = served
     job_id = call(server, "POST", "/api/jobs", {"input": {"image": IMAGE}}).json()["id"]
@@ -161,10 +342,17 @@ def test_bound_to_another_address_every_request_needs_the_token(tmp_path):
         and "SameSite=Strict" in page.headers["Set-Cookie"]
     )
     assert app.get("/api/config").status_code == 200  # the cookie the page got
+    assert "wan_playground_7860=" in page.headers["Set-Cookie"]  # per port: another playground keeps its own
     assert (
         app.post("/api/preview", json={"width": 10, "height": 10}).status_code == 403
     )  # changes still need the header
     playground.history.close()
+
+
+def test_a_loopback_playground_answers_to_its_own_address_and_port():
+    assert "127.0.0.2:7860" in host_names("127.0.0.2", 7860) and "[::1]:7861" in host_names("::1", 7861)
+    assert "127.0.0.1" in host_names("127.0.0.1", 80) and "127.0.0.1" not in host_names("127.0.0.1", 7860)
+    assert not any("evil" in name for name in host_names("localhost", 7860))
 
 
 def test_the_command_binds_loopback_unless_told_otherwise():

@@ -87,6 +87,7 @@ def _stack(folder: Path, shots: Path):
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.execute_cdp_cmd("Network.enable", {})
     state = {"endpoint": endpoint, "server": server, "driver": driver, "shots": shots, "folder": folder, "audited": 0}
+    state["history"] = history
     try:
         yield state
     finally:
@@ -374,6 +375,32 @@ def test_an_image_comes_in_by_drop_and_by_paste_too(stack):
         size = "{}×{}".format(*output_size(width, height, "480p"))
         wait(lambda size=size: size in text_of(driver, "output-size"), 10, f"the {how}ped image's preview ({size})")
         assert f"image {width}×{height}" in text_of(driver, "output-size")
+
+
+def test_another_endpoints_job_is_shown_as_last_seen_and_never_polled(stack):
+    """A history outlives the endpoint it was used with (a --dev endpoint is a new one at each launch): a
+    job sent elsewhere keeps its last known state, with a note saying why, and the page neither polls it
+    nor offers to cancel it through this endpoint."""
+    driver, job_id = stack["driver"], "sent-elsewhere-0001"
+    elsewhere = "dev endpoint at http://127.0.0.1:9 (an earlier launch)"
+    history = stack["history"]
+    job_input = {"image": None, "prompt": PROMPT, "frame_num": FRAMES}
+    history.add(job_id, elsewhere, job_input, encode(picture(208, 120)), "image/png")
+    progress = {"phase": "denoise", "step": 3, "total_steps": 15, "expert": "high_noise", "percent": 20.0}
+    history.update(job_id, status="IN_PROGRESS", started_at=time.time(), progress=progress)
+    open_page(stack)
+    click_card(driver, job_id)
+    wait(lambda: f"Sent to {elsewhere}" in text_of(driver, "job-error"), 10, "the note on the job")
+    assert text_of(driver, "status").strip() == "IN_PROGRESS" and "denoise 3/15" in text_of(driver, "progress-text")
+    assert not by_id(driver, "cancel").is_enabled() and text_of(driver, "elapsed") == ""
+    assert text_of(driver, "run-stage-text") == "generating when last seen"
+    time.sleep(3)  # six turns of the on-screen poll (500 ms)
+    asked = driver.execute_script(
+        "return performance.getEntriesByType('resource').filter((e) => e.name.endsWith(arguments[0])).length",
+        f"/api/jobs/{job_id}",
+    )
+    assert asked == 0, f"the page asked about another endpoint's job {asked} times"
+    shot(stack, "playground-other-endpoint")
 
 
 def test_the_api_key_is_in_no_response_the_browser_received(stack):

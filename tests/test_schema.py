@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -132,6 +133,16 @@ def test_readme_output_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert output_markdown_table() in readme, "README output table is stale: paste `python -m wan_i2v.schema`"
     assert all(info.description for info in JobOutput.model_fields.values())
+
+
+def test_readme_output_example_is_a_whole_output_the_model_reads():
+    """The example answer under the output table names every field a worker without a bucket returns."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Outputs") :]
+    example = json.loads(section[section.index("```json\n") + 8 : section.index("\n```", section.index("```json"))])
+    assert JobOutput.model_validate(example).to_json() == example
+    fields = set(JobOutput.model_fields) - {"video_url_expires_at"}  # only with a bucket
+    assert set(example) == fields and set(example["timings"]) == set(OUTPUT["timings"])
 
 
 def test_the_output_model_round_trips_and_leaves_out_what_has_no_value():

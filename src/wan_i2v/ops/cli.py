@@ -162,7 +162,8 @@ def cmd_workers(args) -> int:
     management = _client(args).management
     count = {"up": 1, "down": 0, "set": args.count}[args.action]
     if count is None:
-        raise SystemExit("wan-i2v workers set: give the number of min workers")
+        print("wan-i2v workers set: give the number of min workers", file=sys.stderr)
+        return 2
     if args.action == "down" and not args.force:
         scaled, health = management.scale_down_if_idle()
         if not scaled:
@@ -288,9 +289,19 @@ def cmd_playground(args) -> int:
     else:
         client = _client(args)
         label = f"endpoint {client.endpoint_id}" + (f" at {client.base_url}" if args.base_url else " on RunPod")
+    # A page polls every half second: an unreachable endpoint should cost a poll seconds, not minutes of retries.
+    client.api.retries, client.api.timeout_s = min(client.api.retries, 1), min(client.api.timeout_s, 10.0)
     history = History(Path(args.data).expanduser())
-    server = PlaygroundServer(Playground(client, history, label), args.host, args.port).start()
+    try:
+        server = PlaygroundServer(Playground(client, history, label), args.host, args.port).start()
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        history.close()
+        if dev:
+            dev.close()
+        raise ApiError(f"the playground cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print(f"playground for {label}: {server.url if is_loopback(args.host) else server.url_with_token}", flush=True)
+    if dev:  # the page's curl and Python snippets read the key from RUNPOD_API_KEY
+        print(f"to run its snippets: export RUNPOD_API_KEY={client.api.api_key}  (this dev endpoint's own key)")
     if not is_loopback(args.host):
         print(f"access token (keep it private): {server.token}", flush=True)
     closing = _Closing([server, *([dev] if dev else []), history])
@@ -431,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev-endpoint" and not args.api_key:
         args.api_key = os.environ.get("RUNPOD_API_KEY")
         if not args.api_key:
-            raise SystemExit("wan-i2v dev-endpoint: give --api-key (clients must send it)")
+            print("wan-i2v dev-endpoint: give --api-key or set RUNPOD_API_KEY (clients must send it)", file=sys.stderr)
+            return 2
     try:
         return args.run(args)
     except JobFailed as failed:

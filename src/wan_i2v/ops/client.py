@@ -111,9 +111,11 @@ class Client:
         webhook: str | None = None,
         execution_timeout_s: float | None = None,
         ttl_s: float | None = None,
+        prepare: bool = True,
     ) -> str:
-        """POST /run; local image paths in the input are sent inline or uploaded first. Returns the job id."""
-        url, body = self.run_request(job_input, webhook, execution_timeout_s, ttl_s)
+        """POST /run; local image paths in the input are sent inline or uploaded first (unless `prepare` is
+        False: a server taking jobs from others must not read its own files for them). Returns the job id."""
+        url, body = self.run_request(job_input, webhook, execution_timeout_s, ttl_s, prepare)
         return job_id_of(self.api.request("POST", url, body))
 
     def run_request(
@@ -122,9 +124,10 @@ class Client:
         webhook: str | None = None,
         execution_timeout_s: float | None = None,
         ttl_s: float | None = None,
+        prepare: bool = True,
     ) -> tuple[str, dict]:
-        """The URL and body of a /run request (local images already inlined or uploaded)."""
-        body: dict[str, Any] = {"input": self.prepare_input(job_input)}
+        """The URL and body of a /run request (local images already inlined or uploaded when `prepare`)."""
+        body: dict[str, Any] = {"input": self.prepare_input(job_input) if prepare else dict(job_input)}
         if webhook:
             body["webhook"] = webhook
         policy = {}

@@ -35,7 +35,7 @@ from .attention import AttentionChoice, apply_attention, pick_attention
 from .coldstart import ColdStart
 from .compile import CompileCache, compile_experts, pick_compile
 from .lora import Adapter, ExpertLora, fuse, parameter_shapes, parse_lora, read_safetensors
-from .memory import MemoryPlan, Parking, choose_plan, module_bytes, quantised_bytes
+from .memory import MemoryPlan, Parking, align_storage, choose_plan, module_bytes, quantised_bytes
 from .prompt_cache import PromptCache
 from .quantize import pick_quant, quantize_expert
 from .settings import EngineOptions, parse_step_cache
@@ -240,6 +240,8 @@ class Engine:
             if quant != "none":
                 with cold.step("quantise"):
                     quantised += quantize_expert(expert, quant)
+            with cold.step("place"):
+                align_storage(expert)  # computes as it will after any park and fetch
             if plan.name == "swap":  # parked at once: two bf16 experts need not fit side by side
                 with cold.step("place"):
                     parked[side] = Parking(expert, device, park_now=True)
@@ -608,6 +610,9 @@ def _eager(run: Callable[[], Generated]) -> Generated:
 
 def _place_rest(pipe, plan: MemoryPlan, device: torch.device) -> dict[str, Parking]:
     """Put the VAE and the text encoder where the plan says (the experts are placed already)."""
+    for module in (pipe.vae, pipe.text_encoder, getattr(pipe, "image_encoder", None)):
+        if module is not None:
+            align_storage(module)  # as for the experts: the same numbers whichever plan moves them
     if plan.vae_tiling:
         pipe.vae.enable_tiling()
     if plan.name == "offload":

@@ -218,5 +218,6 @@ def missing_message(misses: list[str]) -> str:
     return (
         "turbo mode needs the 4-step LoRA pair (*high_noise*.safetensors and *low_noise*.safetensors) in "
         f"WAN_TURBO_LORA or in the model folder's {FOLDER_IN_MODEL}/; looked at: {looked}. Bake it with "
-        "`docker build --build-arg WAN_TURBO_LORA_FILES=...` or `python builder/fetch_weights.py --turbo-lora`."
+        "`docker build --build-arg WAN_TURBO_LORA_FILES=...` or `python builder/fetch_weights.py --dest MODEL_FOLDER` "
+        "(it fetches the pair unless --turbo-lora-files is empty)."
     )

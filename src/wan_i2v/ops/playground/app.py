@@ -23,12 +23,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ...framing import MAX_IMAGE_BYTES
-from .backend import Playground, PlaygroundError
+from .backend import Playground, PlaygroundError, image_type
+from .history import UnknownJob
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Playground-Token"
-COOKIE = "wan_playground"
+COOKIE = "wan_playground_{port}"  # cookies ignore ports: two playgrounds on one host keep their own
 BODY_LIMIT = 2 * (MAX_IMAGE_BYTES * 4 // 3 + 4) + 1024 * 1024  # image and last image as base64, and the rest
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob: http: https:; "
@@ -46,12 +47,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def url_host(host: str) -> str:
+    """How an address is written in a URL and a Host header: 127.0.0.1 for localhost, IPv6 in brackets."""
+    if host == "localhost":
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def host_names(host: str, port: int) -> set[str]:
+    """The Host headers a loopback playground answers: its own address and the loopback names, with the
+    port (and without it on port 80, where browsers leave it out)."""
+    names = {url_host(host), "127.0.0.1", "localhost", "[::1]"}
+    return {f"{name}:{port}" for name in names} | (names if port == 80 else set())
+
+
 def create_app(playground: Playground, token: str, host: str, port: int) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # the form follows the schema's field order
     app.config["MAX_CONTENT_LENGTH"] = BODY_LIMIT
     local = is_loopback(host)
-    names = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")} if local else None
+    names = host_names(host, port) if local else None
+    cookie = COOKIE.format(port=port)
 
     def token_ok(given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(given.encode(), token.encode())
@@ -59,11 +75,11 @@ def create_app(playground: Playground, token: str, host: str, port: int) -> Flas
     @app.before_request
     def guard():
         if names is not None and request.host not in names:
-            return _error(403, f"this playground answers as 127.0.0.1:{port} only")
+            return _error(403, f"this playground answers as {url_host(host)}:{port} only")
         changes = request.method not in ("GET", "HEAD", "OPTIONS")
         if changes and not token_ok(request.headers.get(TOKEN_HEADER)):
             return _error(403, "missing or wrong playground token: reload the page")
-        if not local and request.path != "/" and not token_ok(request.cookies.get(COOKIE)):
+        if not local and request.path != "/" and not token_ok(request.cookies.get(cookie)):
             return _error(401, "open the address the playground printed (it carries ?token=...)")
         return None
 
@@ -79,6 +95,10 @@ def create_app(playground: Playground, token: str, host: str, port: int) -> Flas
     def playground_error(exc: PlaygroundError):
         return jsonify({"message": exc.message, "errors": exc.fields}), exc.status
 
+    @app.errorhandler(UnknownJob)
+    def unknown_job(exc: UnknownJob):
+        return _error(404, f"no job {exc.args[0]!r} here")
+
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc):
         text = f"image: the request is over {BODY_LIMIT // (1024 * 1024)} MB; images may be at most "
@@ -92,7 +112,7 @@ def create_app(playground: Playground, token: str, host: str, port: int) -> Flas
     @app.get("/")
     def page():
         given = request.args.get("token")
-        if not local and not token_ok(given) and not token_ok(request.cookies.get(COOKIE)):
+        if not local and not token_ok(given) and not token_ok(request.cookies.get(cookie)):
             return Response(
                 "Open the address the playground printed when it started (it carries ?token=...).",
                 status=401,
@@ -101,7 +121,7 @@ def create_app(playground: Playground, token: str, host: str, port: int) -> Flas
         html = (STATIC / "index.html").read_text(encoding="utf-8").replace("{{TOKEN}}", token)
         response = Response(html, mimetype="text/html")
         if not local and token_ok(given):
-            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+            response.set_cookie(cookie, token, httponly=True, samesite="Strict")
         return response
 
     @app.get("/static/<name>")
@@ -159,8 +179,8 @@ def create_app(playground: Playground, token: str, host: str, port: int) -> Flas
         found = playground.history.image(job_id)
         if found is None:
             return _error(404, "this job's image was a URL, or the job is not in the history")
-        data, kind = found
-        return Response(data, mimetype=kind)
+        data, _ = found
+        return Response(data, mimetype=image_type(data))  # never as the sender named it (SVG, HTML)
 
     return app
 
@@ -192,15 +212,23 @@ class PlaygroundServer:
         self._server = make_server(
             host, port, create_app(playground, self.token, host, port), threaded=True, request_handler=_QuietRequests
         )
+        self._server.handle_error = self._handle_error
         self.port = self._server.server_port
         if port == 0:  # the app checks Host against the real port
             self._server.app = create_app(playground, self.token, host, self.port)
         self._thread: threading.Thread | None = None
 
+    def _handle_error(self, request, client_address) -> None:
+        """A browser that drops a connection (a video seek, a closed tab) is not an error worth a traceback."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        type(self._server).handle_error(self._server, request, client_address)
+
     @property
     def url(self) -> str:
-        shown = "127.0.0.1" if is_loopback(self.host) else self.host
-        return f"http://{shown}:{self.port}/"
+        return f"http://{url_host(self.host)}:{self.port}/"
 
     @property
     def url_with_token(self) -> str:

@@ -13,10 +13,12 @@ import json
 import logging
 import pprint
 import re
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import requests
 from pydantic import ValidationError
 
 from ...errors import InputError
@@ -29,8 +31,19 @@ from .history import TERMINAL, History
 log = logging.getLogger(__name__)
 
 POSTER_MAX_BYTES = 2 * 1024 * 1024
-STATUS_EVERY_S = 0.4  # a page polling faster than this reads the last answer instead of asking RunPod again
+STATUS_EVERY_S = 0.4  # pages polling faster than this (two tabs, say) read the last answer instead
+REFETCH_EVERY_S = 10.0  # a finished job's video that could not be fetched is tried again at most this often
+FORGET_AFTER_S = 1800.0  # RunPod keeps a job 30 minutes after it ends: a younger job's 404 is not final
 _DATA_URI = re.compile(r"^data:(image/[a-z0-9.+-]+)?(;[a-z0-9=.+-]+)*;base64,", re.IGNORECASE)
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+# What the page is given an image back as: sniffed from the bytes, never taken from the sender.
+_IMAGE_TYPES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+)
 _FIELD = re.compile(r"^(?P<name>[a-z_0-9]+(\[\d+\])?(\.[a-z_0-9]+)?): ")
 IMAGE_FIELDS = ("image", "last_image")
 
@@ -56,7 +69,8 @@ def field_errors(message: str) -> dict[str, str]:
 
 def check_input(raw: Any) -> JobInput:
     """The worker's own schema; the mode-dependent rules only when the job names its mode (an absent mode
-    is the worker's default, which the playground does not know)."""
+    is the worker's default, which the playground does not know). Images must be what the worker takes
+    from a caller (an http(s) URL, a data URI or base64): a path is refused, never read on this machine."""
     if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
         raise PlaygroundError(422, "image: required", {"image": "image: required (a file, a pasted image or a URL)"})
     try:
@@ -67,28 +81,51 @@ def check_input(raw: Any) -> JobInput:
         raise PlaygroundError(422, str(exc), field_errors(str(exc))) from None
     for name in IMAGE_FIELDS:
         value = getattr(request, name)
-        if value is not None and _DATA_URI.match(value) and len(value) * 3 // 4 > MAX_IMAGE_BYTES + 3:
-            text = f"{name}: images may be at most {MAX_IMAGE_BYTES // (1024 * 1024)} MB"
-            raise PlaygroundError(413, text, {name: text})
+        if value is not None:
+            image_bytes(name, value)
     return request
 
 
-def split_image(value: str) -> tuple[bytes | None, str | None]:
-    """(bytes, MIME type) of a data URI, (None, None) for a URL (kept in the input as it is)."""
+def image_bytes(name: str, value: str) -> bytes | None:
+    """The bytes of an inline image (data URI or base64), None for an http(s) URL; PlaygroundError naming
+    the field for anything else or for an image over the worker's cap."""
+    if value.startswith(("http://", "https://")):
+        return None
     match = _DATA_URI.match(value)
-    if not match:
-        return None, None
+    payload = value[match.end() :] if match else value
+    if not match and (_SCHEME.match(value) or not _BASE64.match(value)):
+        text = (
+            f"{name}: give an http(s) URL, a data:image/...;base64, URI or base64 (the playground never reads a "
+            "path on its own machine: pick the file in the page instead)"
+        )
+        raise PlaygroundError(422, text, {name: text})
+    compact = "".join(payload.split())
+    if len(compact) * 3 // 4 > MAX_IMAGE_BYTES + 3:
+        text = f"{name}: images may be at most {MAX_IMAGE_BYTES // (1024 * 1024)} MB"
+        raise PlaygroundError(413, text, {name: text})
     try:
-        return base64.b64decode(value[match.end() :], validate=False), match.group(1) or "image/png"
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise PlaygroundError(422, "image: not valid base64", {"image": "image: not valid base64"}) from None
+        text = f"{name}: not valid base64"
+        raise PlaygroundError(422, text, {name: text}) from None
+
+
+def image_type(data: bytes) -> str:
+    """The MIME type the page gets an image back with, from its first bytes (never SVG or HTML)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for magic, kind in _IMAGE_TYPES if data.startswith(magic)), "application/octet-stream")
 
 
 @dataclass
 class Playground:
     client: Client
     history: History
-    label: str  # how the page names the endpoint
+    label: str  # how the page names the endpoint; a history row names the endpoint it was sent to this way
+    forget_after_s: float = FORGET_AFTER_S
+    _locks: dict = field(default_factory=dict, repr=False)  # job id -> Lock: one refresh of a job at a time
+    _asked: dict = field(default_factory=dict, repr=False)  # job id -> (monotonic time, queue) of the last ask
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def config(self) -> dict:
         return {
@@ -125,22 +162,30 @@ class Playground:
     def submit(self, body: Any) -> dict:
         raw = body.get("input") if isinstance(body, dict) else None
         check_input(raw)
-        image, image_type = split_image(raw["image"])
+        image = image_bytes("image", raw["image"])
         try:
-            job_id = self.client.submit(raw)
+            job_id = self.client.submit(raw, prepare=False)  # exactly as checked: no local file is read
         except ApiError as exc:
             raise PlaygroundError(502, f"the endpoint refused the job: {exc}") from None
         kept = {**raw, "image": None} if image is not None else dict(raw)  # the bytes go beside the row
-        self.history.add(job_id, self.label, kept, image, image_type)
+        self.history.add(job_id, self.label, kept, image, image_type(image) if image is not None else None)
         return {"id": job_id}
 
     def job(self, job_id: str, refresh: bool = True) -> dict:
-        record = self.history.get(job_id)
-        if record is None:
+        if self.history.get(job_id) is None:
             raise PlaygroundError(404, f"job {job_id}: not sent from this playground")
-        queue = None
-        if refresh and record["status"] not in TERMINAL:
-            record, queue = self._refresh(record)
+        with self._lock_of(job_id):  # two tabs polling one job: one asks, one download, the other waits
+            record, queue = self.history.get(job_id), None
+            asked_at, last_queue = self._asked.get(job_id, (float("-inf"), None))
+            if refresh and record["status"] not in TERMINAL:
+                if time.monotonic() - asked_at < STATUS_EVERY_S:
+                    queue = last_queue
+                else:
+                    record, queue = self._refresh(record)
+                    self._asked[job_id] = (time.monotonic(), queue)
+            elif refresh and self._video_missing(record) and time.monotonic() - asked_at >= REFETCH_EVERY_S:
+                self._asked[job_id] = (time.monotonic(), None)
+                record = self._fetch_again(record)
         return self._shown(record, queue)
 
     def jobs(self) -> list[dict]:
@@ -150,13 +195,22 @@ class Playground:
         record = self.history.get(job_id)
         if record is None:
             raise PlaygroundError(404, f"job {job_id}: not sent from this playground")
+        if not self.follows(record):
+            elsewhere = f"job {job_id} was sent to {record['endpoint']}; this playground drives {self.label}"
+            raise PlaygroundError(409, elsewhere)
         try:
             answer = self.client.cancel(job_id)
         except ApiError as exc:
             raise PlaygroundError(502, f"cancel: {exc}") from None
         status = answer.get("status") if isinstance(answer, dict) else None
-        if status in TERMINAL:
+        if status == "CANCELLED":
             self.history.update(job_id, status=status, ended_at=record["ended_at"] or time.time())
+        elif status in TERMINAL:  # it ended first: collect its video or error as a poll would
+            with self._lock_of(job_id):
+                record = self.history.get(job_id)
+                if record["status"] not in TERMINAL:
+                    record, _ = self._refresh(record)
+            status = record["status"]
         return {"status": status or record["status"]}
 
     def save_poster(self, job_id: str, data: bytes) -> None:
@@ -171,8 +225,8 @@ class Playground:
         found = self.history.image(job_id)
         if found is None:
             return None
-        data, kind = found
-        return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+        data, _ = found
+        return f"data:{image_type(data)};base64,{base64.b64encode(data).decode()}"
 
     def snippets(self, job_id: str) -> dict:
         """The exact job as curl and as Python; the key comes from the caller's RUNPOD_API_KEY."""
@@ -199,12 +253,23 @@ class Playground:
         return {"curl": curl, "python": python}
 
     # ---- internals ----------------------------------------------------------------------------------
+    def _lock_of(self, job_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(job_id, threading.Lock())
+
     def _refresh(self, record: dict) -> tuple[dict, dict | None]:
         job_id = record["id"]
+        if not self.follows(record):
+            return record, None  # another endpoint's job: its last known state, not asked of this one
         try:
             answer = self.client.status(job_id)
         except ApiError as exc:
+            if exc.status == 404 and time.time() - record["submitted_at"] > self.forget_after_s:
+                return self._forgotten(record)  # RunPod forgets a job 30 minutes after it ends
             log.warning("status of %s: %s", job_id, exc)
+            return record, None
+        except ValueError as exc:  # an answer that is not JSON
+            log.warning("status of %s: not JSON (%s)", job_id, exc)
             return record, None
         status = answer.get("status") if isinstance(answer, dict) else None
         if not isinstance(status, str):
@@ -224,21 +289,65 @@ class Playground:
         queue = self._queue() if status == "IN_QUEUE" else None
         return {**record, **update}, queue
 
+    def follows(self, record: dict) -> bool:
+        """Whether a job was sent to the endpoint this playground drives (a history holds every endpoint's)."""
+        return record["endpoint"] == self.label
+
+    def _forgotten(self, record: dict) -> tuple[dict, None]:
+        was = record["status"].lower().replace("_", " ")
+        message = (
+            f"the endpoint no longer knows job {record['id']}: it was last seen {was}, and RunPod forgets a job "
+            "30 minutes after it ends (a dev endpoint, when it stops); its result was not collected in time"
+        )
+        update = {"status": "FAILED", "error": {"message": message}}
+        self.history.update(record["id"], **update)
+        return {**record, **update}, None
+
     def _ending(self, job_id: str, status: str, answer: dict) -> dict:
         if status == "COMPLETED":
             try:
                 output = JobOutput.model_validate(answer.get("output"))
             except ValidationError as exc:
                 return {"status": "FAILED", "error": {"message": f"the worker's output is not valid: {exc}"}}
-            try:
-                download(output.video_url, self.history.video_path(job_id))
-            except Exception as exc:  # the video is kept elsewhere; say why it is not here
-                log.warning("video of %s not fetched: %s", job_id, exc)
-                return {"output": _without_url(output), "error": {"message": f"the video could not be fetched: {exc}"}}
-            return {"output": _without_url(output), "progress": {"phase": "done", "percent": 100.0}}
+            ended = {"output": _without_url(output), "video_source": output.video_url}  # the URL stays here
+            why = self._fetch(job_id, output.video_url)
+            if why:
+                return {**ended, "error": {"message": why}}
+            return {**ended, "progress": {"phase": "done", "percent": 100.0}}
         error = answer.get("error")
         message = error if isinstance(error, str) else json.dumps(error) if error else status.lower().replace("_", " ")
         return {"error": {"message": message}}
+
+    def _fetch(self, job_id: str, url: str) -> str | None:
+        """Fetches the video; None, or why not in words that never hold the (presigned) URL."""
+        try:
+            download(url, self.history.video_path(job_id))
+        except requests.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else "?"
+            why = f"HTTP {code} from the bucket"
+        except requests.RequestException as exc:
+            why = f"{type(exc).__name__} reaching the bucket"
+        except (OSError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or 'could not be written'}"
+        else:
+            return None
+        log.warning("video of %s not fetched: %s", job_id, why)
+        return f"the video could not be fetched ({why}); the playground tries again when the job is opened"
+
+    def _video_missing(self, record: dict) -> bool:
+        return (
+            record["status"] == "COMPLETED"
+            and bool(record.get("video_source"))
+            and not self.history.video_path(record["id"]).is_file()
+        )
+
+    def _fetch_again(self, record: dict) -> dict:
+        why = self._fetch(record["id"], record["video_source"])
+        update = {"error": {"message": why} if why else None}
+        if not why:
+            update["progress"] = {"phase": "done", "percent": 100.0}
+        self.history.update(record["id"], **update)
+        return {**record, **update}
 
     def _queue(self) -> dict | None:
         try:
@@ -259,7 +368,8 @@ class Playground:
         if job_input.get("image") is None:
             job_input["image"] = f"/api/jobs/{job_id}/image"
         for name in IMAGE_FIELDS:  # a large inline last image stays on this side
-            if isinstance(job_input.get(name), str) and _DATA_URI.match(job_input[name]) and name != "image":
+            value = job_input.get(name)
+            if name != "image" and isinstance(value, str) and not value.startswith(("http://", "https://")):
                 job_input[name] = "(inline image)"
         error = record["error"]
         if error is not None:
@@ -269,6 +379,7 @@ class Playground:
         return {
             "id": job_id,
             "endpoint": record["endpoint"],
+            "followed": self.follows(record),  # False: another endpoint's job, shown as last seen
             "status": record["status"],
             "progress": record["progress"],
             "queue": queue,

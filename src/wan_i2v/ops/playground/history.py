@@ -33,9 +33,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     image_type TEXT,
     progress TEXT,
     output TEXT,
-    error TEXT
+    error TEXT,
+    video_source TEXT
 )
 """
+_ADDED_COLUMNS = {"video_source": "TEXT"}  # columns a history written by an earlier version lacks
+
+
+class UnknownJob(KeyError):
+    """A job id that cannot name a job's folder (empty, a path, . or ..)."""
 
 
 class History:
@@ -47,6 +53,10 @@ class History:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -54,7 +64,7 @@ class History:
 
     def files(self, job_id: str) -> Path:
         if not job_id or "/" in job_id or "\\" in job_id or job_id in (".", ".."):
-            raise KeyError(job_id)
+            raise UnknownJob(job_id)
         return self.folder / "jobs" / job_id
 
     def add(self, job_id: str, endpoint: str, job_input: dict, image: bytes | None, image_type: str | None) -> None:

@@ -12,6 +12,10 @@
 
   const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]);
   const RUNNING = new Set(["IN_QUEUE", "IN_PROGRESS"]);
+  /** A job sent to another endpoint than the one this playground drives is shown as last seen, never polled. */
+  const followed = (job) => job.followed !== false;
+  const running = (job) => RUNNING.has(job.status) && followed(job);
+  const settled = (job) => TERMINAL.has(job.status) || !followed(job);
   const TOKEN_KEY = "wan-playground-token";
   const TOKEN_HELP = "open the address the playground printed (it carries ?token=...)";
   const POLL_VIEWED_MS = 500; // the job on screen
@@ -45,6 +49,7 @@
     sentInputs: new Map(), // id -> the whole input this page sent (images included)
     progressPoints: new Map(), // id -> [{t, p}] for the time-left estimate
     errorsShownFor: null, // the failed job whose field errors are in the form
+    fromForm: new Set(), // jobs sent from the form in this page: only their field errors mark the form
     postersSent: new Set(),
     posterLoading: false, // a history video being loaded off screen for its poster
     snippets: new Map(),
@@ -985,6 +990,7 @@
       if (!state.token) throw new ApiError(`no playground token: ${TOKEN_HELP}`, 403);
       const answer = await api("/api/jobs", { method: "POST", json: { input } });
       state.sentInputs.set(answer.id, input);
+      if (fromForm) state.fromForm.add(answer.id);
       const job = {
         id: answer.id, status: "IN_QUEUE", submitted_at: Date.now() / 1000, started_at: null, ended_at: null,
         input, output: null, video: null, poster: null, error: null, progress: null, queue: null,
@@ -1034,7 +1040,7 @@
       const job = await api(jobPath(id));
       entry.failures = 0;
       onJobUpdate(job);
-      if (TERMINAL.has(job.status)) {
+      if (settled(job)) {
         state.polls.delete(id);
         onJobEnded(job);
         return;
@@ -1092,7 +1098,7 @@
     const job = state.jobs.get(id);
     if (job) renderRun(job);
     document.querySelectorAll(".history-item").forEach((card) => card.classList.toggle("active", card.dataset.jobId === id));
-    if (job && !TERMINAL.has(job.status)) pollSoon(id);
+    if (job && !settled(job)) pollSoon(id);
   }
 
   function renderRun(job) {
@@ -1105,16 +1111,19 @@
     const bar = $("progress");
     bar.setAttribute("aria-valuenow", String(Math.round(percent * 10) / 10));
     bar.querySelector(".progress-bar").style.width = `${percent}%`;
-    bar.classList.toggle("running", RUNNING.has(job.status));
+    bar.classList.toggle("running", running(job));
     bar.classList.toggle("failed", TERMINAL.has(job.status) && job.status !== "COMPLETED");
     $("progress-text").textContent = progressText(job);
-    $("cancel").disabled = !RUNNING.has(job.status);
+    $("cancel").disabled = !running(job);
     $("job-actions").hidden = false;
     updateClock();
 
+    if (!followed(job) && !TERMINAL.has(job.status)) {
+      $("job-error").textContent = `Sent to ${job.endpoint}; this playground drives another endpoint, so the job is shown as last seen.`;
+    }
     if (job.error && (TERMINAL.has(job.status))) {
       $("job-error").textContent = job.error.message || job.status.toLowerCase();
-      if (job.status === "FAILED" && state.errorsShownFor !== job.id) {
+      if (job.status === "FAILED" && state.errorsShownFor !== job.id && state.fromForm.has(job.id)) {
         clearErrors();
         showErrors(job.error.fields);
         state.errorsShownFor = job.id;
@@ -1144,9 +1153,10 @@
     }
     if (img.getAttribute("src") !== image) img.src = image;
     stage.hidden = false;
-    stage.classList.toggle("running", RUNNING.has(job.status));
+    stage.classList.toggle("running", running(job));
     const words = { IN_QUEUE: "queued", IN_PROGRESS: "generating…", COMPLETED: "no video kept" };
-    $("run-stage-text").textContent = words[job.status] || job.status.toLowerCase().replace(/_/g, " ");
+    const said = words[job.status] || job.status.toLowerCase().replace(/_/g, " ");
+    $("run-stage-text").textContent = followed(job) ? said : `${said.replace("…", "")} when last seen`;
   }
 
   function progressText(job) {
@@ -1190,7 +1200,12 @@
       $("eta").textContent = "";
       return;
     }
-    const end = job.ended_at || (TERMINAL.has(job.status) ? job.submitted_at : Date.now() / 1000);
+    if (settled(job) && !job.ended_at) {
+      $("elapsed").textContent = ""; // how long it ran was never seen (another endpoint's job, or one forgotten)
+      $("eta").textContent = "";
+      return;
+    }
+    const end = job.ended_at || Date.now() / 1000;
     const elapsed = Math.max(0, end - job.submitted_at);
     $("elapsed").textContent = TERMINAL.has(job.status) ? `took ${seconds(elapsed)}` : `${seconds(elapsed)} elapsed`;
     $("eta").textContent = job.status === "IN_PROGRESS" ? etaText(job) : "";
@@ -1223,7 +1238,7 @@
     } catch (err) {
       $("job-error").textContent = `Cancel failed: ${err.message}`;
       const job = state.jobs.get(id);
-      button.disabled = !(job && RUNNING.has(job.status));
+      button.disabled = !(job && running(job));
     }
   }
 
@@ -1496,10 +1511,10 @@
         for (const job of jobs) {
           // A job being polled has fresher progress than the history's row.
           if (!state.polls.has(job.id) || !state.jobs.has(job.id)) state.jobs.set(job.id, job);
-          if (!TERMINAL.has(job.status)) track(job.id); // so a reloaded page follows it to the end
+          if (!settled(job)) track(job.id); // so a reloaded page follows it to the end
         }
         renderHistory(jobs.map((job) => state.jobs.get(job.id) || job));
-        if (!state.historySeen && !state.viewedId && jobs.length && RUNNING.has(jobs[0].status)) viewJob(jobs[0].id);
+        if (!state.historySeen && !state.viewedId && jobs.length && running(jobs[0])) viewJob(jobs[0].id);
         state.historySeen = true;
       } catch (err) {
         $("history-error").textContent = `History: ${err.message}`;
@@ -1578,7 +1593,7 @@
     card.textContent = "";
     const thumb = job.poster
       ? el("img", { class: "thumb", src: job.poster, alt: "", loading: "lazy" })
-      : el("div", { class: "thumb placeholder", text: RUNNING.has(job.status) ? "…" : "no preview" });
+      : el("div", { class: "thumb placeholder", text: running(job) ? "…" : "no preview" });
     const pick = el("input", { type: "checkbox", class: "compare-pick", "aria-label": `compare job ${job.id}` });
     pick.checked = state.picks.includes(job.id);
     pick.disabled = !job.video;
