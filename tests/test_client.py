@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import CHEAP, IMAGE, KEY, OUTPUT, ROOT, UNGUIDED, bucket_keys, client_for, encode, picture
+from helpers import CHEAP, IMAGE, KEY, OUTPUT, QUICKEST, ROOT, UNGUIDED, bucket_keys, client_for, encode, picture
 
 from wan_i2v.ops.api import ApiError, ApiSession
 from wan_i2v.ops.client import Client, JobFailed, OutputError
@@ -71,7 +71,7 @@ def test_run_batch_reports_an_unreadable_output_as_that_jobs_error(idle_endpoint
     picture_file.write_bytes(encode(picture(), "PNG"))
     client = client_for(idle_endpoint)
     answer_with(client, {"status": "COMPLETED", "output": {"video_url": "file:///v.mp4"}})
-    jobs = [{"image": picture_file, "prompt": "x", **CHEAP}, {"image": IMAGE}, {"image": IMAGE}]
+    jobs = [{"image": picture_file, "prompt": "x", **QUICKEST}, {"image": IMAGE}, {"image": IMAGE}]
     results = client.run_batch(jobs, auto_manage_workers=False)
     sent = idle_endpoint.stats().submissions
     assert [r["id"] for r in results] == [s["id"] for s in sent] and len({r["id"] for r in results}) == 3
@@ -85,7 +85,7 @@ def test_run_batch_reports_an_unreadable_output_as_that_jobs_error(idle_endpoint
 
 
 def test_failed_job_retry_and_runpods_own_sdk(endpoint_factory, monkeypatch):
-    endpoint = endpoint_factory()
+    endpoint = endpoint_factory(idle_timeout_s=60)  # one worker for the whole test: one cold start
     client = client_for(endpoint)
     bad = client.submit({"image": SDK_INPUT["image"], "frame_num": 80})
     with pytest.raises(JobFailed) as caught:
@@ -118,7 +118,7 @@ def test_failed_job_retry_and_runpods_own_sdk(endpoint_factory, monkeypatch):
 def test_client_run_batch_keeps_input_order_and_scales_back_down(endpoint_factory):
     endpoint = endpoint_factory()
     client = client_for(endpoint)
-    jobs = [{"image": SDK_INPUT["image"], "fps": 99}, {**CHEAP, "image": SDK_INPUT["image"], "seed": 3}]
+    jobs = [{"image": SDK_INPUT["image"], "fps": 99}, {**QUICKEST, "image": SDK_INPUT["image"], "seed": 3}]
     results = client.run_batch(jobs, auto_manage_workers=True, retries=1, ready_timeout_s=120)
     stats = endpoint.stats()
     assert [r["id"] for r in results] == [s["id"] for s in stats.submissions]

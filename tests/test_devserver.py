@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 import requests
-from helpers import CHEAP, KEY, ROOT, free_port, wait_for_port, wait_until, wan_i2v
+from helpers import KEY, QUICKEST, ROOT, free_port, wait_for_port, wait_until, wan_i2v
 
 from wan_i2v.ops.devserver import DevEndpoint, EndpointStats
 from wan_i2v.ops.devserver.pool import WorkerPool, scale, stop
@@ -417,7 +417,7 @@ def gone(processes: list[psutil.Process]) -> bool:
 def test_sigterm_stops_an_idle_worker_and_a_running_one(dev_endpoint_process):
     """A process manager's or a test's SIGTERM used to leave the workers polling a dead endpoint."""
     process, url, workers = dev_endpoint_process(2, 2)
-    job_id = requests.post(f"{url}/v2/dev/run", json={"input": CHEAP}, headers=AUTH, timeout=10).json()["id"]
+    job_id = requests.post(f"{url}/v2/dev/run", json={"input": QUICKEST}, headers=AUTH, timeout=10).json()["id"]
 
     def status() -> str:
         return requests.get(f"{url}/v2/dev/status/{job_id}", headers=AUTH, timeout=10).json()["status"]

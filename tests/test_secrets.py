@@ -6,7 +6,7 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from helpers import CHEAP, KEY, bucket_keys, client_for, encode, picture, s3_client
+from helpers import KEY, QUICKEST, bucket_keys, client_for, encode, picture, s3_client
 
 from wan_i2v.ops.client import JobFailed
 
@@ -27,12 +27,12 @@ def test_secrets_never_reach_logs_errors_or_outputs(
     signed = f"?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature={IMAGE_SECRET}"
     answers = []
 
-    good = client.submit({**CHEAP, "image": http_server.url + "/in.png" + signed, "prompt": "a lighthouse"})
+    good = client.submit({**QUICKEST, "image": http_server.url + "/in.png" + signed, "prompt": "a lighthouse"})
     output = client.wait(good, timeout_s=600)
     answers.append(client.status(good))
     video_signature = parse_qs(urlsplit(output["video_url"]).query)["X-Amz-Signature"][0]
 
-    missing = client.submit({**CHEAP, "image": http_server.url + "/missing.png" + signed, "prompt": "x"})
+    missing = client.submit({**QUICKEST, "image": http_server.url + "/missing.png" + signed, "prompt": "x"})
     with pytest.raises(JobFailed, match="HTTP 404"):
         client.wait(missing, timeout_s=600)
     answers.append(client.status(missing))
@@ -46,7 +46,7 @@ def test_secrets_never_reach_logs_errors_or_outputs(
         "bucketName": job_bucket,
         "endpointUrl": s3_endpoint,
     }
-    body = {"input": {**CHEAP, "image": http_server.url + "/in.png", "prompt": "y"}, "s3Config": s3_config}
+    body = {"input": {**QUICKEST, "image": http_server.url + "/in.png", "prompt": "y"}, "s3Config": s3_config}
     own_bucket = client.api.request("POST", f"{client.url}/run", body)["id"]
     assert client.wait(own_bucket, timeout_s=600)["storage"] == "s3"
     answers.append(client.status(own_bucket))
