@@ -5,11 +5,9 @@ a history that outlives the server. What the page does with it is tested in a re
 test_playground_browser.py."""
 
 import ast
-import http.server
 import json
 import re
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -205,34 +203,7 @@ class StandIn:
         assert requests.post(url, json={"output": output}, timeout=10).status_code == 200
 
 
-class Bucket(http.server.BaseHTTPRequestHandler):
-    """A bucket stand-in on loopback serving one video: each GET answered with the next status in `plan`."""
-
-    plan: list = []
-    body = b"\x00\x00\x00\x18ftypmp42 the video's bytes"
-    seen: list = []
-
-    def do_GET(self):  # noqa: N802 (the standard library's name)
-        Bucket.seen.append(self.path)
-        status = Bucket.plan.pop(0) if Bucket.plan else 200
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(self.body) if status == 200 else 0))
-        self.end_headers()
-        if status == 200:
-            self.wfile.write(self.body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def bucket():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bucket)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Bucket.plan, Bucket.seen = [], []
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+VIDEO = b"\x00\x00\x00\x18ftypmp42 the video's bytes"  # what the bucket stand-in serves
 
 
 def test_a_cancel_that_comes_after_the_job_ended_collects_its_video(served, tmp_path):
@@ -244,16 +215,16 @@ def test_a_cancel_that_comes_after_the_job_ended_collects_its_video(served, tmp_
     assert worker.take() == job_id
     video = tmp_path / "worker-out" / "clip.mp4"
     video.parent.mkdir()
-    video.write_bytes(Bucket.body)
+    video.write_bytes(VIDEO)
     worker.finish(job_id, {**OUTPUT, "video_url": video.as_uri(), "seed": 99, "storage": "local"})
     assert call(server, "POST", f"/api/jobs/{job_id}/cancel").json() == {"status": "COMPLETED"}
     seen = call(server, "GET", f"/api/jobs/{job_id}", token=False).json()
     assert seen["status"] == "COMPLETED" and seen["output"]["seed"] == 99 and seen["error"] is None
-    assert call(server, "GET", seen["video"], token=False).content == Bucket.body
+    assert call(server, "GET", seen["video"], token=False).content == VIDEO
 
 
 def test_pages_asking_at_once_cause_one_status_call_and_one_download_a_failed_one_is_tried_again(
-    served, bucket, monkeypatch
+    served, http_server, monkeypatch
 ):
     """Two tabs, or a reload during a download: one job is refreshed by one request at a time. A video the
     bucket refused is fetched again when the job is next opened, and no answer ever holds its URL."""
@@ -273,22 +244,24 @@ def test_pages_asking_at_once_cause_one_status_call_and_one_download_a_failed_on
     assert len(asked) == 1 and {a.json()["status"] for a in queued} == {"IN_QUEUE"}
     monkeypatch.setattr(playground_backend, "STATUS_EVERY_S", 0.0)
     worker.take()
-    secret = f"{bucket}/wan-i2v/clip.mp4?X-Amz-Credential=AKIA-the-credential&X-Amz-Signature=the-signature"
+    path = "/wan-i2v/clip.mp4"
+    secret = f"{http_server.url}{path}?X-Amz-Credential=AKIA-the-credential&X-Amz-Signature=the-signature"
     worker.finish(job_id, {**OUTPUT, "video_url": secret})
-    Bucket.plan = [503]  # the bucket refuses once (the client's own download does not retry)
+    http_server.routes[path] = http_server.Route(status=503)  # the client's own download does not retry
     answers = many_at_once(f"/api/jobs/{job_id}")
-    assert len(Bucket.seen) == 1, f"{len(Bucket.seen)} downloads of one video at once"
+    assert len(http_server.hits) == 1, f"{len(http_server.hits)} downloads of one video at once"
     assert {a.json()["status"] for a in answers} == {"COMPLETED"}
     failed = answers[0].json()
     assert failed["video"] is None and "HTTP 503 from the bucket" in failed["error"]["message"]
     every_body = [a.text for a in answers] + [call(server, "GET", "/api/history", token=False).text]
     assert not any("the-signature" in body or "AKIA" in body for body in every_body)
+    http_server.routes[path] = http_server.Route(body=VIDEO)  # the bucket answers again
     monkeypatch.setattr(playground_backend, "REFETCH_EVERY_S", 0.0)
     again = call(server, "GET", f"/api/jobs/{job_id}", token=False).json()
-    assert again["error"] is None and call(server, "GET", again["video"], token=False).content == Bucket.body
-    assert len(Bucket.seen) == 2
+    assert again["error"] is None and call(server, "GET", again["video"], token=False).content == VIDEO
+    assert len(http_server.hits) == 2
     call(server, "GET", f"/api/jobs/{job_id}", token=False)
-    assert len(Bucket.seen) == 2  # fetched: not asked for again
+    assert len(http_server.hits) == 2  # fetched: not asked for again
 
 
 def test_an_image_is_a_url_a_data_uri_or_base64_and_never_a_path_on_the_playgrounds_machine(served, tmp_path):

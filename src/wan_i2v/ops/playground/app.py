@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import sys
 import threading
 from importlib import resources
 from pathlib import Path
@@ -220,8 +221,6 @@ class PlaygroundServer:
 
     def _handle_error(self, request, client_address) -> None:
         """A browser that drops a connection (a video seek, a closed tab) is not an error worth a traceback."""
-        import sys
-
         if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
             return
         type(self._server).handle_error(self._server, request, client_address)

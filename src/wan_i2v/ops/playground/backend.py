@@ -310,16 +310,14 @@ class Playground:
             except ValidationError as exc:
                 return {"status": "FAILED", "error": {"message": f"the worker's output is not valid: {exc}"}}
             ended = {"output": _without_url(output), "video_source": output.video_url}  # the URL stays here
-            why = self._fetch(job_id, output.video_url)
-            if why:
-                return {**ended, "error": {"message": why}}
-            return {**ended, "progress": {"phase": "done", "percent": 100.0}}
+            return {**ended, **self._fetch(job_id, output.video_url)}
         error = answer.get("error")
         message = error if isinstance(error, str) else json.dumps(error) if error else status.lower().replace("_", " ")
         return {"error": {"message": message}}
 
-    def _fetch(self, job_id: str, url: str) -> str | None:
-        """Fetches the video; None, or why not in words that never hold the (presigned) URL."""
+    def _fetch(self, job_id: str, url: str) -> dict:
+        """Fetches the video; the row's update: done, or an error saying why in words that never hold the
+        (presigned) URL."""
         try:
             download(url, self.history.video_path(job_id))
         except requests.HTTPError as exc:
@@ -330,9 +328,10 @@ class Playground:
         except (OSError, ValueError) as exc:
             why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or 'could not be written'}"
         else:
-            return None
+            return {"error": None, "progress": {"phase": "done", "percent": 100.0}}
         log.warning("video of %s not fetched: %s", job_id, why)
-        return f"the video could not be fetched ({why}); the playground tries again when the job is opened"
+        text = f"the video could not be fetched ({why}); the playground tries again when the job is opened"
+        return {"error": {"message": text}}
 
     def _video_missing(self, record: dict) -> bool:
         return (
@@ -342,10 +341,7 @@ class Playground:
         )
 
     def _fetch_again(self, record: dict) -> dict:
-        why = self._fetch(record["id"], record["video_source"])
-        update = {"error": {"message": why} if why else None}
-        if not why:
-            update["progress"] = {"phase": "done", "percent": 100.0}
+        update = self._fetch(record["id"], record["video_source"])
         self.history.update(record["id"], **update)
         return {**record, **update}
 
