@@ -7,10 +7,12 @@ import sqlite3
 import subprocess
 
 import pytest
+import requests
 from helpers import KEY, batch_args, cli_env, ledger_states, make_inputs, wan_i2v
 
 from wan_i2v.ops import cli
 from wan_i2v.ops.batch import Batch
+from wan_i2v.ops.devserver import DevEndpoint
 from wan_i2v.schema import Phase, progress_event
 
 
@@ -82,6 +84,53 @@ def test_a_missing_count_or_dev_endpoint_key_is_a_usage_error(monkeypatch, capsy
     monkeypatch.delenv("RUNPOD_API_KEY")
     assert cli.main(["dev-endpoint"]) == 2
     assert "wan-i2v dev-endpoint: give --api-key or set RUNPOD_API_KEY" in capsys.readouterr().err
+
+
+@pytest.fixture
+def bare_endpoint(monkeypatch):
+    """A dev endpoint with no worker process and no model, and the command's settings pointing at it
+    (the command runs in this process: `cli.main`)."""
+    with DevEndpoint(api_key=KEY, spawn_workers=False, idle_timeout_s=7) as endpoint:
+        for name in [n for n in os.environ if n.startswith(("RUNPOD_", "BUCKET_"))]:
+            monkeypatch.delenv(name)
+        for name, value in cli_env(endpoint).items():
+            if name.startswith("RUNPOD_"):
+                monkeypatch.setenv(name, value)
+        yield endpoint
+
+
+def workers_of(endpoint) -> dict:
+    url = f"{endpoint.url}/v2/serverless/dev"
+    return requests.get(url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()["workers"]
+
+
+def test_workers_set_with_only_a_minimum_keeps_the_endpoints_maximum(bare_endpoint, capsys):
+    """The dev endpoint replaces the whole `workers` object on PATCH (a min-only PATCH would put max back
+    to 3 and idleTimeout to 10), so this fails if `workers set` sends only the minimum."""
+    assert cli.main(["workers", "set", "0", "--max", "2"]) == 0
+    assert cli.main(["--json", "workers", "set", "1"]) == 0
+    answer = json.loads(capsys.readouterr().out.split("min workers set to 0\n", 1)[1])
+    assert answer["workers"] == workers_of(bare_endpoint) == {"min": 1, "max": 2, "idleTimeout": 7}
+
+    assert cli.main(["workers", "set", "3"]) == 2
+    assert "wan-i2v: min workers (3) cannot exceed max workers (2, the endpoint's current maximum)" in (
+        capsys.readouterr().err
+    )
+    assert workers_of(bare_endpoint) == {"min": 1, "max": 2, "idleTimeout": 7}
+
+
+def test_a_422_from_the_endpoint_is_shown_in_runpods_words_with_exit_2(bare_endpoint, capsys):
+    said = "$.workers.max: 9 is above your account's worker quota (5)"  # an entry of RFC 9457 `errors`
+    bare_endpoint.refuse_next_update(422, "Request validation failed.", [said])
+    assert cli.main(["workers", "set", "1", "--max", "9"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"wan-i2v: PATCH v2/serverless/dev failed: HTTP 422: Unprocessable Entity: Request validation failed. ({said})"
+        )
+    )
+    assert workers_of(bare_endpoint) == {"min": 0, "max": 1, "idleTimeout": 7}  # nothing changed
 
 
 def test_a_batch_that_cannot_start_is_a_usage_error(tmp_path):

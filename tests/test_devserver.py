@@ -270,16 +270,58 @@ def test_health_shape_and_purge(ep):
     assert call(ep, "GET", "/v2/dev/health").json()["jobs"]["inQueue"] == 0
 
 
-def test_management_patch_is_validated_and_spawn_workers_false_starts_none(ep):
+def test_management_get_and_patch_answer_as_runpod_and_spawn_workers_false_starts_none(ep):
     path = "/v2/serverless/dev"
-    for body in ({"workers": {"min": 2, "max": 1}}, {"workers": {"min": -1}}, {"workers": {"max": True}}, {"x": 1}):
-        assert call(ep, "PATCH", path, body).status_code == 400, body
-    assert call(ep, "PATCH", "/v2/serverless/other", {"workers": {"min": 0}}).status_code == 404
+    assert call(ep, "GET", path).json() == {
+        "id": "dev",
+        "name": "dev",
+        "type": "QUEUE",
+        "workers": {"min": 0, "max": 1, "idleTimeout": 0.1},  # as the fixture started it
+    }
+    for method in ("GET", "PATCH"):
+        missing = call(ep, method, "/v2/serverless/other", {"workers": {"min": 0}})
+        assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/problem+json"
+        assert missing.json() == {"title": "Not Found", "status": 404, "detail": "endpoint other not found"}
     answer = call(ep, "PATCH", path, {"workers": {"min": 1, "max": 2, "idleTimeout": 7}})
-    assert answer.json() == {"id": "dev", "workers": {"min": 1, "max": 2, "idleTimeout": 7.0}}
+    assert answer.json() == call(ep, "GET", path).json()  # a PATCH answers the updated endpoint
+    assert answer.json()["workers"] == {"min": 1, "max": 2, "idleTimeout": 7}
     time.sleep(0.6)  # two turns of the scale loop
     stats = ep.stats()
     assert (stats.min_workers, stats.max_workers, stats.workers_started, stats.worker_pids) == (1, 2, 0, {})
+    call(ep, "PATCH", path, {"workers": {"min": 0, "max": 1, "idleTimeout": 0.1}})
+
+
+def test_a_patch_replaces_the_whole_workers_object_and_a_bad_value_is_a_422_naming_it(ep):
+    """RunPod's spec does not say whether `workers` is merged; the dev endpoint replaces it, so a client
+    that sends only `min` resets max and idleTimeout to RunPod's defaults (3 and 10) for all to see."""
+    path = "/v2/serverless/dev"
+    call(ep, "PATCH", path, {"workers": {"min": 0, "max": 2, "idleTimeout": 7}})
+    assert call(ep, "PATCH", path, {"workers": {"min": 1}}).json()["workers"] == {"min": 1, "max": 3, "idleTimeout": 10}
+    assert call(ep, "PATCH", path, {}).json()["workers"] == {"min": 1, "max": 3, "idleTimeout": 10}  # no workers: kept
+    for body, error in (
+        ({"workers": {"min": -1}}, "$.workers.min: must be a whole number >= 0, got -1"),
+        ({"workers": {"min": 0, "max": True}}, "$.workers.max: must be a whole number >= 0, got true"),
+        ({"workers": {"min": 2, "max": 1}}, "$.workers.min: 2 exceeds $.workers.max: 1"),
+        (
+            {"workers": {"min": 0, "idleTimeout": 0}},
+            "$.workers.idleTimeout: must be seconds above 0, at most 3600, got 0",
+        ),
+        ({"workers": {"mni": 1}}, "$.workers: additional properties 'mni' not allowed"),
+        ({"workers": [1]}, "$.workers: must be an object, got [1]"),
+        ({"x": 1}, "$: additional properties 'x' not allowed (the dev endpoint has only workers)"),
+    ):
+        refused = call(ep, "PATCH", path, body)
+        assert refused.status_code == 422 and refused.headers["Content-Type"] == "application/problem+json", body
+        assert refused.json() == {
+            "title": "Unprocessable Entity",
+            "status": 422,
+            "detail": "Request validation failed.",
+            "errors": [error],
+        }
+    not_an_object = requests.patch(ep.url + path, data=b"[1]", headers=AUTH, timeout=10)
+    assert not_an_object.status_code == 400 and not_an_object.json()["title"] == "Bad Request"
+    assert call(ep, "PATCH", path, headers={}).json()["status"] == 401
+    assert call(ep, "GET", path).json()["workers"] == {"min": 1, "max": 3, "idleTimeout": 10}, "a refusal changed it"
     call(ep, "PATCH", path, {"workers": {"min": 0, "max": 1, "idleTimeout": 0.1}})
 
 

@@ -6,6 +6,7 @@ The API key is sent only in the Authorization header and never appears in errors
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -18,7 +19,7 @@ import requests
 log = logging.getLogger(__name__)
 
 QUEUE_BASE_URL = "https://api.runpod.ai/v2"  # the job queue: /{endpoint_id}/run, /status, ...
-MANAGEMENT_BASE_URL = "https://api.runpod.io/v2"  # REST v2 management: PATCH /serverless/{endpoint_id}
+MANAGEMENT_BASE_URL = "https://api.runpod.io/v2"  # REST v2 management: GET, PATCH /serverless/{endpoint_id}
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
@@ -90,9 +91,28 @@ def _describe(response: requests.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text[:200] or response.reason
-    if isinstance(body, dict):  # RunPod answers {"error": ...}; REST v2 answers RFC 9457 {title, detail}
-        return str(body.get("error") or body.get("detail") or body.get("title") or body)[:300]
+    if isinstance(body, dict):  # the queue API answers {"error": ...}; REST v2 answers RFC 9457
+        return str(body.get("error"))[:300] if body.get("error") else _problem(body) or str(body)[:300]
     return str(body)[:300]
+
+
+def _problem(body: dict) -> str:
+    """An RFC 9457 answer in RunPod's own words: `title: detail`, then each validation failure as
+    written, each naming its field. RunPod's REST v2 lists them in `errors`, as strings such as
+    "$: additional properties 'bogus' not allowed" (ErrorResponse in its OpenAPI document); RFC 9457's
+    own example extension is `invalid-params`, [{"name", "reason"}]."""
+    words = ": ".join(str(body[key]) for key in ("title", "detail") if body.get(key))
+    entries = []
+    for key in ("errors", "invalid-params"):
+        items = body.get(key)
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and "name" in item:
+                entries.append(f"{item['name']}: {item.get('reason', '')}".rstrip(": "))
+            else:
+                entries.append(item if isinstance(item, str) else json.dumps(item))
+    if entries:
+        words = f"{words} ({'; '.join(entries)})" if words else "; ".join(entries)
+    return words[:1000]
 
 
 def _path(url: str) -> str:

@@ -1,9 +1,17 @@
 """Operate an endpoint: min/max workers through RunPod's REST management API, and its health.
 
 The seed's `POST https://api.runpod.ai/v2/{id}/update` does not exist. Min/max workers are set with
-RunPod's REST v2 partial update, `PATCH https://api.runpod.io/v2/serverless/{id}` with
-`{"workers": {"min": n}}`, which leaves every other setting alone (GraphQL `saveEndpoint` would
-reset the fields it is not given).
+RunPod's REST v2 `PATCH https://api.runpod.io/v2/serverless/{id}`. Its spec says a PATCH changes only
+the fields in the body, but not whether a nested object such as `workers` is merged or replaced
+(https://docs.runpod.io/api-reference-v2/serverless/update-a-serverless-endpoint; the OpenAPI
+document it is built from, github.com/runpod/docs api-reference-v2/openapi.json). RunPod's own
+command-line tool does not count on a merge: its UpdateEndpoint (github.com/runpod/runpodctl,
+internal/api/endpoints.go) reads the endpoint first (`GET /v2/serverless/{id}`) and sends `min`, `max`
+and `idleTimeout` together, the current values standing in for those not being changed. `set_workers`
+does the same, so that whichever way RunPod reads the object, `wan-i2v workers set 1` cannot reset
+the maximum or the idle timeout. `idleTimeout` goes back only when the endpoint reported one: RunPod
+omits it, and refuses it, for an endpoint that scales on request count. (GraphQL `saveEndpoint` would
+reset every field it is not given.)
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiSession
+from .api import MANAGEMENT_BASE_URL, QUEUE_BASE_URL, ApiError, ApiSession
 
 JOB_COUNTS = ("completed", "failed", "inProgress", "inQueue", "retried")
 WORKER_COUNTS = ("idle", "initializing", "ready", "running", "throttled", "unhealthy")
@@ -69,18 +77,52 @@ class Management:
         self.queue_url = f"{queue_base_url.rstrip('/')}/{endpoint_id}"
         self.endpoint_url = f"{management_base_url.rstrip('/')}/serverless/{endpoint_id}"
 
-    def set_workers(self, min_workers: int | None = None, max_workers: int | None = None) -> dict:
-        """Partial update of the worker counts; other endpoint settings are untouched."""
-        workers = {}
+    def endpoint(self) -> dict:
+        """The endpoint as RunPod reports it (`GET /v2/serverless/{id}`): `workers` holds `min`, `max`
+        and, unless it scales on request count, `idleTimeout`."""
+        answer = self.api.request("GET", self.endpoint_url)
+        if not isinstance(answer, dict):
+            raise ApiError(f"GET {self.endpoint_url} answered {answer!r}, not an endpoint")
+        return answer
+
+    def set_workers(
+        self, min_workers: int | None = None, max_workers: int | None = None, idle_timeout_s: int | None = None
+    ) -> dict:
+        """Sets min and/or max workers (and/or the idle timeout) as RunPod's own tool does: reads the
+        endpoint, then sends the whole `workers` object, its current values for what is not given.
+        Returns RunPod's answer (the updated endpoint)."""
+        given = {}
         if min_workers is not None:
-            workers["min"] = _non_negative("min workers", min_workers)
+            given["min"] = _non_negative("min workers", min_workers)
         if max_workers is not None:
-            workers["max"] = _non_negative("max workers", max_workers)
-        if not workers:
-            raise ValueError("give min_workers, max_workers or both")
-        if "min" in workers and "max" in workers and workers["min"] > workers["max"]:
-            raise ValueError(f"min workers ({workers['min']}) cannot exceed max workers ({workers['max']})")
+            given["max"] = _non_negative("max workers", max_workers)
+        if idle_timeout_s is not None:
+            given["idleTimeout"] = _idle_timeout(idle_timeout_s)
+        if not given:
+            raise ValueError("give min_workers, max_workers or idle_timeout_s")
+        if "min" in given and "max" in given and given["min"] > given["max"]:
+            raise ValueError(f"min workers ({given['min']}) cannot exceed max workers ({given['max']})")
+        workers = {**self._current_workers(), **given}
+        if workers["min"] > workers["max"]:
+            if "max" in given:
+                raise ValueError(
+                    f"max workers ({workers['max']}) cannot be below min workers ({workers['min']}, the "
+                    "endpoint's current minimum); give a min as well"
+                )
+            raise ValueError(
+                f"min workers ({workers['min']}) cannot exceed max workers ({workers['max']}, the endpoint's "
+                "current maximum); give a max as well (--max)"
+            )
         return self.api.request("PATCH", self.endpoint_url, {"workers": workers}) or {}
+
+    def _current_workers(self) -> dict:
+        workers = self.endpoint().get("workers")
+        if not isinstance(workers, dict) or not all(_is_count(workers.get(name)) for name in ("min", "max")):
+            raise ApiError(f"GET {self.endpoint_url} answered without workers.min and workers.max: {workers!r}")
+        current = {"min": workers["min"], "max": workers["max"]}
+        if workers.get("idleTimeout") is not None:
+            current["idleTimeout"] = workers["idleTimeout"]  # sent back as RunPod wrote it
+        return current
 
     def enable(self, count: int = 1) -> dict:
         return self.set_workers(min_workers=count)
@@ -119,7 +161,18 @@ class Management:
         return True, health
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _non_negative(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not _is_count(value):
         raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _idle_timeout(value: int) -> int:
+    """RunPod takes a whole number of seconds from 1 to 3600 (EndpointWorkers in its OpenAPI document)."""
+    if not _is_count(value) or not 1 <= value <= 3600:
+        raise ValueError(f"the idle timeout must be a whole number of seconds from 1 to 3600, got {value!r}")
     return value

@@ -9,8 +9,10 @@ server's job-take route and posting progress and results back, exactly as on Run
     RUNPOD_ENDPOINT_BASE_URL=http://127.0.0.1:8080/v2 RUNPOD_ENDPOINT_ID=dev ...
 
 Routes under /v2/{endpoint_id}: POST /run, POST /runsync, GET|POST /status/{id}, POST /cancel/{id},
-POST /retry/{id}, POST /purge-queue, GET /health; PATCH /v2/serverless/{endpoint_id} sets min/max
-workers as RunPod's REST v2 does. All need `Authorization: Bearer <api key>`. Extra routes for tests:
+POST /retry/{id}, POST /purge-queue, GET /health; GET /v2/serverless/{endpoint_id} reads the endpoint's
+`workers` ({min, max, idleTimeout}) and PATCH sets it, replacing the whole object (fields left out take
+RunPod's defaults: the strictest reading of RunPod's REST v2, so a client that sends only `min` is caught).
+All need `Authorization: Bearer <api key>`. Extra routes for tests:
 GET /dev/jobs (every submission) and POST /dev/faults {"statuses": [429, 503]} (answers the next
 queue-API requests with those statuses).
 

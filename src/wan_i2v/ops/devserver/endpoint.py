@@ -7,6 +7,7 @@ when the endpoint closes.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import signal
@@ -29,6 +30,17 @@ log = logging.getLogger(__name__)
 TAKE_WAIT_S = 2.0  # how long a worker's job-take or job-stop request is held open
 SCALE_EVERY_S = 0.25
 CLOSE_GRACE_S = 3.0  # a job still running at close has nowhere to report: its worker is not waited for
+# RunPod's defaults for an endpoint's `workers` (CreateEndpointRequest in its OpenAPI document,
+# github.com/runpod/docs api-reference-v2/openapi.json): what a PATCH that leaves a field out gets here.
+WORKERS_DEFAULTS = {"min": 0, "max": 3, "idleTimeout": 10}
+
+
+class WorkersRefused(ValueError):
+    """A `workers` object RunPod's schema refuses; `errors` name the fields, as RunPod's 422 does."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = errors
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class DevEndpoint:
         self.cond = threading.Condition()
         self.queue = JobQueue(retention_s, on_finish=self._on_finish)
         self.faults: deque[int] = deque()  # statuses to answer the next queue-API requests with
+        self.update_refusals: deque[tuple[int, str, list[str]]] = deque()  # for the next management PATCHes
         self._closing = False
         self._threads: list[threading.Thread] = []
         self.server = ThreadingHTTPServer((host, port), handler_class(self))
@@ -181,24 +194,63 @@ class DevEndpoint:
         with self.cond:
             return {**self.queue.health(), "coldStart": self.pool.cold_starts()}
 
-    def set_workers(self, workers: dict) -> dict:
-        """PATCH /v2/serverless/{id}: min, max and idleTimeout as RunPod's REST v2 takes them."""
+    def settings(self) -> dict:
+        """GET /v2/serverless/{id}: the endpoint as RunPod's REST v2 reports one, its worker settings
+        under RunPod's names (no scaling, GPU or container settings: this endpoint has none)."""
         with self.cond:
-            new_min = workers.get("min", self.min_workers)
-            new_max = workers.get("max", self.max_workers)
-            for name, value in (("min", new_min), ("max", new_max)):
-                if not is_count(value):
-                    raise ValueError(f"workers.{name} must be an integer >= 0")
-            if new_min > new_max:
-                raise ValueError(f"workers.min ({new_min}) cannot exceed workers.max ({new_max})")
-            self.min_workers, self.max_workers = new_min, new_max
-            if isinstance(workers.get("idleTimeout"), (int, float)):
-                self.idle_timeout_s = float(workers["idleTimeout"])
+            return self._settings()
+
+    def set_workers(self, workers: dict) -> dict:
+        """PATCH /v2/serverless/{id}'s `workers`: the object *replaces* the endpoint's, and a field left
+        out takes RunPod's default (WORKERS_DEFAULTS), not its current value. RunPod's spec does not say
+        whether it merges or replaces; this endpoint does the harsher, so that a client sending only
+        `min` visibly resets the maximum. Raises WorkersRefused, naming the fields, for what RunPod's
+        schema refuses and for min above max. Returns the endpoint as `settings` does."""
+        new = {**WORKERS_DEFAULTS, **workers}
+        unknown = [name for name in workers if name not in WORKERS_DEFAULTS]
+        problems = [f"$.workers: additional properties {name!r} not allowed" for name in unknown]
+        problems += [
+            f"$.workers.{name}: must be a whole number >= 0, got {json.dumps(new[name], default=repr)}"
+            for name in ("min", "max")
+            if not is_count(new[name])
+        ]
+        idle = new["idleTimeout"]
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle <= 3600:
+            # RunPod takes whole seconds from 1; fractions above 0 are this endpoint's, for tests
+            got = json.dumps(idle, default=repr)
+            problems.append(f"$.workers.idleTimeout: must be seconds above 0, at most 3600, got {got}")
+        if not problems and new["min"] > new["max"]:
+            problems.append(f"$.workers.min: {new['min']} exceeds $.workers.max: {new['max']}")
+        if problems:
+            raise WorkersRefused(problems)
+        with self.cond:
+            self.min_workers, self.max_workers, self.idle_timeout_s = new["min"], new["max"], float(idle)
             self.cond.notify_all()
-            return {
-                "id": self.endpoint_id,
-                "workers": {"min": self.min_workers, "max": self.max_workers, "idleTimeout": self.idle_timeout_s},
-            }
+            return self._settings()
+
+    def refuse_next_update(self, status: int, detail: str, errors: list[str]) -> None:
+        """The next PATCH /v2/serverless/{id} is answered with this RFC 9457 problem and changes
+        nothing, as RunPod refuses what this endpoint does not model (a quota, a rule of its own): for
+        tests of how the tools show RunPod's words."""
+        with self.cond:
+            self.update_refusals.append((status, detail, list(errors)))
+
+    def next_update_refusal(self) -> tuple[int, str, list[str]] | None:
+        with self.cond:
+            return self.update_refusals.popleft() if self.update_refusals else None
+
+    def _settings(self) -> dict:  # under the lock
+        idle = self.idle_timeout_s
+        return {
+            "id": self.endpoint_id,
+            "name": self.endpoint_id,
+            "type": "QUEUE",
+            "workers": {
+                "min": self.min_workers,
+                "max": self.max_workers,
+                "idleTimeout": int(idle) if float(idle).is_integer() else idle,
+            },
+        }
 
     # ---- the workers' side (long polls) ------------------------------------------------------------
     def take(self, worker_id: str) -> dict | None:

@@ -1,9 +1,11 @@
 """The dev endpoint's HTTP routes, as one table: method, path pattern, guard, function.
 
 Guards: "worker" routes (RunPod's job-take protocol) need the `?token=` the endpoint gave its
-workers; "api" routes need `Authorization: Bearer <api key>`; "queue" routes need the key, the
-right endpoint id, and are where injected faults are answered. A function gets the endpoint, the
-request and the pattern's named groups, and returns a Reply.
+workers; "api" routes need `Authorization: Bearer <api key>`; "manage" routes (RunPod's REST v2
+management API) need the key and answer errors in RFC 9457 form, `{title, status, detail}` plus
+`errors` naming the fields, as RunPod's does; "queue" routes need the key, the right endpoint id, and
+are where injected faults are answered. A function gets the endpoint, the request and the pattern's
+named groups, and returns a Reply.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -31,9 +34,11 @@ class Reply:
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str):
+    """An answer other than success: `{"error": message}` on the queue API, RFC 9457 on management."""
+
+    def __init__(self, status: int, message: str, errors: list[str] | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.errors = status, message, errors or []
 
 
 @dataclass
@@ -88,18 +93,38 @@ def dev_faults(ep, req: Request) -> Reply:
     return Reply(200, {"queued_faults": ep.inject_faults(statuses)})
 
 
-# ---- management (RunPod's REST v2) --------------------------------------------------------------
-def manage(ep, req: Request, endpoint_id: str) -> Reply:
+# ---- management (RunPod's REST v2; errors in RFC 9457 form, see dispatch) ---------------------------
+def endpoint_get(ep, req: Request, endpoint_id: str) -> Reply:
+    _this_endpoint(ep, endpoint_id)
+    return Reply(200, ep.settings())
+
+
+def endpoint_patch(ep, req: Request, endpoint_id: str) -> Reply:
+    """Only `workers` is modelled; it replaces the endpoint's (DevEndpoint.set_workers)."""
+    body = req.json()  # read first: an answer sent before the body is read would garble the connection
+    _this_endpoint(ep, endpoint_id)
+    refusal = ep.next_update_refusal()
+    if refusal:
+        raise HttpError(*refusal)
+    if not isinstance(body, dict):
+        raise HttpError(400, "the request body must be a JSON object")
+    others = [name for name in body if name != "workers"]
+    errors = [f"$: additional properties {name!r} not allowed (the dev endpoint has only workers)" for name in others]
+    if "workers" in body and not isinstance(body["workers"], dict):
+        errors.append(f"$.workers: must be an object, got {json.dumps(body['workers'])}")
+    if errors:
+        raise HttpError(422, "Request validation failed.", errors)
+    if "workers" not in body:
+        return Reply(200, ep.settings())  # nothing to change
+    try:
+        return Reply(200, ep.set_workers(body["workers"]))
+    except ValueError as exc:  # DevEndpoint.WorkersRefused: each error names its field
+        raise HttpError(422, "Request validation failed.", getattr(exc, "errors", [str(exc)])) from None
+
+
+def _this_endpoint(ep, endpoint_id: str) -> None:
     if endpoint_id != ep.endpoint_id:
         raise HttpError(404, f"endpoint {endpoint_id} not found")
-    body = req.json()
-    workers = body.get("workers") if isinstance(body, dict) else None
-    if not isinstance(workers, dict):
-        raise HttpError(400, 'body must be {"workers": {"min": n, "max": n}}')
-    try:
-        return Reply(200, ep.set_workers(workers))
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
 
 
 # ---- the queue API --------------------------------------------------------------------------------
@@ -162,7 +187,8 @@ ROUTES: list[tuple[str, str, str, Callable[..., Reply]]] = [
     ("GET", "/dev/job-stop/" + _ID.format("worker_id"), "worker", job_stop),
     ("GET", "/dev/jobs", "api", dev_jobs),
     ("POST", "/dev/faults", "api", dev_faults),
-    ("PATCH", "/v2/serverless/" + _ID.format("endpoint_id"), "api", manage),
+    ("GET", "/v2/serverless/" + _ID.format("endpoint_id"), "manage", endpoint_get),
+    ("PATCH", "/v2/serverless/" + _ID.format("endpoint_id"), "manage", endpoint_patch),
     ("POST", _V2 + "/run", "queue", run),
     ("POST", _V2 + "/runsync", "queue", runsync),
     ("GET", _V2 + "/status/" + _ID.format("job_id"), "queue", status),
@@ -177,9 +203,11 @@ _TABLE = [(method, re.compile(pattern + "/?"), guard, fn) for method, pattern, g
 
 def dispatch(ep, req: Request) -> Reply:
     """Finds the route and applies its guard. A path no route has is 404; a path some route has with
-    another method is 405. Every path but the worker routes' needs the API key first, as on RunPod."""
+    another method is 405. Every path but the worker routes' needs the API key first, as on RunPod.
+    Management routes answer errors as RunPod's REST v2 does (RFC 9457), the others as its queue API."""
     matches = [(m, match, guard, fn) for m, pattern, guard, fn in _TABLE if (match := pattern.fullmatch(req.path))]
     is_worker = any(guard == "worker" for _, _, guard, _ in matches)
+    problem = any(guard == "manage" for _, _, guard, _ in matches)
     try:
         if is_worker:
             if req.query.get("token", [""])[0] != ep.token:
@@ -191,7 +219,7 @@ def dispatch(ep, req: Request) -> Reply:
         chosen = [(match, guard, fn) for m, match, guard, fn in matches if m == req.method]
         if not chosen:
             allowed = ", ".join(sorted({m for m, *_ in matches}))
-            return Reply(405, {"error": f"{req.path} takes {allowed}"}, {"Allow": allowed})
+            return _error(HttpError(405, f"{req.path} takes {allowed}"), problem, {"Allow": allowed})
         match, guard, fn = chosen[0]
         params = match.groupdict()
         if guard == "queue":
@@ -202,7 +230,20 @@ def dispatch(ep, req: Request) -> Reply:
                 return Reply(fault, {"error": f"injected fault {fault}"}, {"Retry-After": "0"} if fault == 429 else {})
         return fn(ep, req, **params)
     except HttpError as exc:
-        return Reply(exc.status, {"error": exc.message})
+        return _error(exc, problem)
+
+
+def _error(exc: HttpError, problem: bool, headers: dict | None = None) -> Reply:
+    if not problem:
+        return Reply(exc.status, {"error": exc.message}, headers or {})
+    try:
+        title = HTTPStatus(exc.status).phrase
+    except ValueError:  # a status http.HTTPStatus does not name
+        title = "Error"
+    body = {"title": title, "status": exc.status, "detail": exc.message}
+    if exc.errors:
+        body["errors"] = exc.errors
+    return Reply(exc.status, body, {"Content-Type": "application/problem+json", **(headers or {})})
 
 
 def handler_class(ep) -> type[BaseHTTPRequestHandler]:
@@ -224,7 +265,7 @@ def handler_class(ep) -> type[BaseHTTPRequestHandler]:
         def _send(self, reply: Reply) -> None:
             data = b"" if reply.body is None else json.dumps(reply.body).encode()
             self.send_response(reply.status)
-            if reply.body is not None:
+            if reply.body is not None and "Content-Type" not in reply.headers:
                 self.send_header("Content-Type", "application/json")
             for key, value in reply.headers.items():
                 self.send_header(key, value)
