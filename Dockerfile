@@ -1,35 +1,42 @@
 # wan-i2v: Wan2.2 I2V-A14B image-to-video on RunPod serverless. Two images from this file:
-#   docker build -t wan-i2v .                                          # weights baked in (about 65 GB more)
+#   docker build -t wan-i2v .                                          # the worker's bf16 copy baked in (about 69 GB more)
 #   docker build --build-arg WAN_BAKE_WEIGHTS=false -t wan-i2v:slim .  # no weights: RunPod's model cache or a volume
-#   docker build --build-arg WAN_MODEL_ID=Wan-AI/Wan2.2-I2V-A14B-Diffusers --build-arg WAN_MODEL_REVISION=<commit> -t wan-i2v .
-# CUDA build of PyTorch from the base image; the CPU build is only for local tests (README).
-FROM pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
+#   docker build --build-arg WAN_MODEL_REVISION=<commit> -t wan-i2v .  # another commit of the model (README, "Deploy")
+# Python 3.11 on Debian bookworm, as CI tests it, with the package list CI installs (builder/requirements.txt);
+# torch is its CUDA 12.6 build from PyTorch's own index (the wheels bring the CUDA runtime, the host its driver).
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# A C compiler: Triton, which compiles torch.compile's GPU kernels, builds its small launcher with it at run time.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 
-# 1. The model stack, pinned. torch stays the base image's CUDA build.
+# 1. The model stack, pinned: the same list, at the same versions, that the tests run on.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 COPY builder/requirements.txt builder/requirements.txt
-RUN pip install -r builder/requirements.txt
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -r builder/requirements.txt
 
-# 2. Bake the weights (at least 65 GB) in their own layer, before the code, so that code changes
-#    do not download them again. The check uses the worker's own rules (wan_i2v/worker/weights.py).
-#    The turbo LoRA pair (README, "Turbo mode") goes to /models/wan/turbo-lora; an empty
-#    WAN_TURBO_LORA_FILES skips it (quality mode only). WAN_BAKE_WEIGHTS=false builds the slim image.
+# 2. Bake the weights in their own layer, before the code, so that code changes do not download them again:
+#    the expert shards converted to bf16 as they arrive (about 69 GB; 126 GB as published), provenance.json,
+#    and the folder checked with the worker's own rules. The turbo LoRA pair (README, "Turbo mode") goes to
+#    /models/wan/turbo-lora; an empty WAN_TURBO_LORA_FILES skips it. WAN_BAKE_WEIGHTS=false builds the slim image.
 ARG WAN_BAKE_WEIGHTS=true
 ARG WAN_MODEL_ID=Wan-AI/Wan2.2-I2V-A14B-Diffusers
-ARG WAN_MODEL_REVISION=main
+ARG WAN_MODEL_REVISION=596658fd9ca6b7b71d5057529bbf319ecbc61d74
+ARG WAN_WEIGHTS_DTYPE=bf16
 ARG WAN_TURBO_LORA_REPO=lightx2v/Wan2.2-Distill-Loras
 ARG WAN_TURBO_LORA_FILES=wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors,wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors
 COPY builder/fetch_weights.py builder/fetch_weights.py
-COPY src/wan_i2v/__init__.py src/wan_i2v/errors.py src/wan_i2v/
-COPY src/wan_i2v/worker/__init__.py src/wan_i2v/worker/weights.py src/wan_i2v/worker/safetensors_layout.py src/wan_i2v/worker/
+COPY src/wan_i2v/__init__.py src/wan_i2v/errors.py src/wan_i2v/files.py src/wan_i2v/
+COPY src/wan_i2v/worker/__init__.py src/wan_i2v/worker/weights.py src/wan_i2v/worker/safetensors_layout.py src/wan_i2v/worker/model_config.py src/wan_i2v/worker/
 RUN if [ "${WAN_BAKE_WEIGHTS}" = "true" ]; then \
-        python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dest /models/wan \
-            --turbo-lora-repo "${WAN_TURBO_LORA_REPO}" --turbo-lora-files "${WAN_TURBO_LORA_FILES}"; \
+        python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dtype "${WAN_WEIGHTS_DTYPE}" \
+            --dest /models/wan --turbo-lora-repo "${WAN_TURBO_LORA_REPO}" --turbo-lora-files "${WAN_TURBO_LORA_FILES}"; \
     fi
 
 # 3. The worker itself.
@@ -41,7 +48,8 @@ COPY handler.py test_input.json ./
 # Nothing is downloaded at run time. WAN_MODEL is the hub id: the worker takes the first complete copy of
 # RunPod's model cache, a network volume's /runpod-volume/models/<name>, the baked /models/wan, the local
 # Hugging Face cache (README, "Deploy"), and fails fast naming each place if none is complete.
-# Compiled kernels are kept on the network volume when there is one, else in the image's /cache.
+# Compiled kernels are kept on the network volume when there is one, else in the image's /cache; prepared
+# experts only on a network volume (a container disk starts empty at every cold start).
 RUN mkdir -p /cache/torch-compile
 ENV WAN_MODEL=${WAN_MODEL_ID} \
     WAN_BAKED_MODEL=/models/wan \

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-# target key -> (label, target seconds), from issue 11's table
+# target key -> (label, target seconds), from the issues' tables (BENCHMARKS.md)
 JOBS = {
     "turbo_480p_s": ("turbo 480p", 10),
     "turbo_720p_s": ("turbo 720p", 40),
     "quality_480p_s": ("quality 480p", 150),
     "quality_720p_s": ("quality 720p", 500),
-    "cold_start_warm_cache_s": ("cold start", 90),
+    "cold_start_prepared_s": ("cold, prepared", 45),
+    "cold_start_bf16_s": ("cold, bf16 copy", 150),
 }
 WIDTH, ROW, LEFT, RIGHT = 760, 46, 130, 110
 

@@ -7,8 +7,10 @@ The tiny model is laid out as each source keeps it (README, "Deploy"): a directo
 RunPod's model cache (`models--ORG--NAME/snapshots/<hash>/` with `refs/main`), a network volume folder,
 the image's baked folder, the local Hugging Face cache. Ready is the moment the worker's local API
 (`--rp_serve_api`) accepts connections: the model is loaded and the handler can take a job. The real
-model's cold start is dominated by reading 65 GB from that source's disk; on a GPU, `bench/run.py
---rows cold-start` measures the rest (prepare, compile, warm-up).
+model's cold start is dominated by reading the weights from that source's disk (126 GB as published in
+RunPod's model cache, 69 GB for the worker's bf16 copy, 29 GB of prepared fp8 experts plus 12 GB of text
+encoder and VAE from the prepared cache); on a GPU, `bench/run.py --rows cold-start` measures a real-size cold
+start from the bf16 copy and from the prepared cache.
 """
 
 from __future__ import annotations

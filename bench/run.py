@@ -25,7 +25,9 @@ import base64
 import gc
 import io
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,11 +120,11 @@ def _randomise(module: torch.nn.Module, seed: int) -> None:
             param.normal_(0.0, fan_in**-0.5, generator=generator)
 
 
-def build_real_size_pipeline(device: torch.device, layers: int | None = None):
+def build_real_size_pipeline(device: torch.device, layers: int | None = None, experts_layers: int | None = None):
     """Wan2.2 I2V-A14B at its real size, random weights, built on `device` (no download, about 60 s).
 
     `layers` cuts the experts and the text encoder to that many layers (every width stays real): a check
-    of this code on a machine without a GPU, not a benchmark.
+    of this code on a machine without a GPU, not a benchmark. `experts_layers` cuts only the experts' blocks.
     """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -145,7 +147,10 @@ def build_real_size_pipeline(device: torch.device, layers: int | None = None):
         relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )  # fmt: skip
-    expert_config = {**real_expert_config(), **({"num_layers": layers} if layers else {})}
+    expert_config = {
+        **real_expert_config(),
+        **({"num_layers": layers or experts_layers} if layers or experts_layers else {}),
+    }
     if layers:
         text_config.num_layers = layers
     text_encoder = on_device(lambda: UMT5EncoderModel(text_config), 1, torch.bfloat16)
@@ -370,6 +375,7 @@ def targets(rows: dict) -> dict:
     def get(row, resolution, key):
         return rows.get(row, {}).get(resolution, {}).get(key)
 
+    cold = rows.get("cold-start", {}).get("runs", {})
     return {
         "quality_480p_s": _fastest(
             get("quality-fp8-fbc", "480p", "job_s_at_40_steps"), get("quality-fp8", "480p", "job_s_at_40_steps")
@@ -377,7 +383,11 @@ def targets(rows: dict) -> dict:
         "turbo_480p_s": get("turbo-fp8", "480p", "job_s"),
         "quality_720p_s": get("quality-fp8", "720p", "job_s_at_40_steps"),
         "turbo_720p_s": get("turbo-fp8", "720p", "job_s"),
-        "cold_start_warm_cache_s": rows.get("cold-start", {}).get("warm_cache_s"),
+        "cold_start_prepared_s": cold.get("prepared_cache_compile_warm", {}).get("ready_s"),
+        "cold_start_bf16_s": cold.get("bf16_copy_nothing_cached", {}).get("ready_s"),
+        "cold_start_peak_host_gib": max(
+            (run["peak_host_rss_gib"] for run in cold.values() if "peak_host_rss_gib" in run), default=None
+        ),
         "peak_vram_fp8_720p_gib": get("turbo-fp8", "720p", "peak_gib"),
         "err_compile": get("quality-bf16-compiled", "480p", "rel_l2_vs_baseline"),
         "err_fp8": get("quality-fp8", "480p", "rel_l2_vs_baseline"),
@@ -385,30 +395,117 @@ def targets(rows: dict) -> dict:
     }
 
 
-def cold_start_row(cache: Path) -> dict:
-    """Cold start (prepare + warm-up of a turbo fp8 worker) in a fresh process, first with an empty
-    compile cache, then with the cache that run left: what a new worker pays with and without it."""
-    result = {}
-    for label in ("empty_cache_s", "warm_cache_s"):
+GIB = 2**30
+COLD_START_RUNS = (
+    # (label, what is cached when it starts): the first run writes the prepared cache and the compile cache
+    ("bf16_copy_nothing_cached", "the bf16 copy only"),
+    ("prepared_cache_compile_warm", "the prepared experts (quantised, turbo fused) and the compile cache"),
+)
+
+
+def cold_start_row(work: Path, smoke: bool, layers: int | None) -> dict:
+    """`Engine.load` of a turbo fp8 worker in a fresh process, twice: from the worker's bf16 copy with nothing
+    cached, then from the prepared cache with the compile cache warm. Each run reports its seconds by step,
+    the bytes it read from the model folder and the cache, its peak host memory, and the prepared cache state.
+
+    On a GPU the copy is the real-size pipeline with random weights, written to disk as `fetch_weights.py`
+    writes it (bf16, the fp32-kept modules in fp32); `layers` cuts both experts to fewer blocks where the disk
+    is short (every width stays real), and the row says so. The page cache is dropped before each run when the
+    machine lets us (`page_cache_dropped`); otherwise the reads come from memory, not the disk."""
+    model, caches = work / "cold-start-model", work / "cold-start-caches"
+    layers = write_cold_start_copy(model, smoke, layers)
+    result: dict = {"layers": layers, "model_bytes": _folder_bytes(model), "runs": {}}
+    for label, cached in COLD_START_RUNS:
+        dropped = _drop_page_cache()
         out = subprocess.run(
-            [sys.executable, __file__, "--cold-start-child", str(cache)], capture_output=True, text=True
+            [sys.executable, __file__, "--cold-start-child", str(model), str(caches), *(["--smoke"] if smoke else [])],
+            capture_output=True,
+            text=True,
         )
         if out.returncode != 0:
             raise RuntimeError(f"cold-start child failed ({out.returncode}): {out.stderr[-2000:]}")
-        result[label] = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]["total"]
+        run = json.loads(out.stdout.strip().splitlines()[-1])
+        result["runs"][label] = {"cached": cached, "page_cache_dropped": dropped, **run}
+    result["cache_bytes"] = _folder_bytes(caches / "prepared")
     return result
 
 
-def cold_start_child(cache: Path) -> None:
-    bench = Bench(False, 4, 81, Path(tempfile.mkdtemp()))
-    started = time.perf_counter()
-    pipe = bench.pipeline()
-    built = time.perf_counter() - started
+def write_cold_start_copy(dest: Path, smoke: bool, layers: int | None) -> int:
+    """The worker's bf16 copy on disk; returns the blocks per expert it has."""
+    from wan_i2v.worker.components import cast_as_loaded
+
+    if smoke:
+        write_tiny_model(dest)
+        pipe = None
+    else:
+        if layers is None:  # as many blocks as the disk holds: the copy, the fp8 cache, 10% to spare
+            free = shutil.disk_usage(dest.parent).free * 0.9
+            per_layer, fixed = 2.15e9, 12.5e9  # two bf16 blocks + one fp8 block; text encoder, VAE, embeddings
+            layers = max(1, min(40, int((free - fixed) / per_layer)))
+        pipe = build_real_size_pipeline(torch.device("cuda"), experts_layers=layers)
+        write_lora_pair(dest / "turbo-lora", pipe.transformer.config, rank=64, seed=10, std=0.002)
+    if pipe is None:
+        from diffusers import WanImageToVideoPipeline
+
+        pipe = WanImageToVideoPipeline.from_pretrained(dest, dtype=torch.float32)
+        layers = pipe.transformer.config.num_layers
+    for expert in (pipe.transformer, pipe.transformer_2):
+        cast_as_loaded(expert, torch.bfloat16)
+    pipe.save_pretrained(dest, safe_serialization=True, max_shard_size="5GB")
+    (dest / "provenance.json").write_text(json.dumps({"repo": "random real-size (bench)", "dtype": "bf16"}))
+    del pipe
+    _free(torch.device("cuda") if not smoke else torch.device("cpu"))
+    return layers
+
+
+def cold_start_child(model: Path, caches: Path, smoke: bool) -> None:
+    from wan_i2v.worker.hostmem import resident_bytes
+
+    before = _io_read_bytes()
     options = EngineOptions(
-        default_mode="turbo", quant="fp8", compile="dynamic", compile_cache=cache, turbo_lora=bench.turbo_dir
+        default_mode="turbo",
+        quant="int8" if smoke else "fp8",
+        compile="off" if smoke else "dynamic",
+        compile_cache=caches / "torch-compile",
+        prepared_cache=caches / "prepared",
     )
-    engine = Engine.prepare(pipe, options, model="random-real-size")
-    print(json.dumps({"seconds": engine.cold_start.as_dict()["seconds"], "random_weights_built_s": round(built, 1)}))
+    started = time.perf_counter()
+    engine = Engine.load(str(model), options)
+    seconds = time.perf_counter() - started
+    report = engine.cold_start.as_dict()
+    state = report["prepared_cache"]
+    read = [model / "text_encoder", model / "vae"]
+    read += [caches / "prepared"] if state == "hit" else [model / "transformer", model / "transformer_2"]
+    print(json.dumps({
+        "ready_s": round(seconds, 2),
+        "seconds": report["seconds"],
+        "prepared_cache": state,
+        "files_read_bytes": sum(_folder_bytes(p) for p in read),
+        "storage_read_bytes": _io_read_bytes() - before,  # from the disk, past the page cache
+        "peak_host_rss_gib": round(report["peak_host_rss_bytes"] / GIB, 2),
+        "host_rss_before_gib": round(report["host_rss_before_bytes"] / GIB, 2),
+        "host_rss_ready_gib": round((resident_bytes() or 0) / GIB, 2),
+        "memory_plan": report["memory_plan"].split(" ")[0],
+    }))  # fmt: skip
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def _io_read_bytes() -> int:
+    with open("/proc/self/io") as io_stats:
+        return next(int(line.split()[1]) for line in io_stats if line.startswith("read_bytes:"))
+
+
+def _drop_page_cache() -> bool:
+    """Make the next run read from the disk (root only; a container may refuse)."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def _write(out: Path, results: dict, args, argv) -> None:
@@ -440,10 +537,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="results file (default bench/results/<gpu>.json, merged)"
     )
-    parser.add_argument("--cold-start-child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cold-start-layers", type=int, default=None, help="blocks per expert in the cold-start row's copy "
+        "(default: 40, or fewer where the disk is short)"
+    )  # fmt: skip
+    parser.add_argument("--cold-start-child", type=Path, nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cold_start_child is not None:
-        cold_start_child(args.cold_start_child)
+        cold_start_child(*args.cold_start_child, smoke=args.smoke)
         return 0
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no GPU here: run with --smoke for the CPU check, or on a GPU machine")
@@ -466,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
             _free(bench.device)
             try:
                 if name == "cold-start":
-                    row = cold_start_row(Path(tmp) / "compile-cache")
+                    row = cold_start_row(Path(tmp), args.smoke, args.cold_start_layers)
                 elif name == "baseline":
                     row = bench.baseline(("480p",) if args.smoke else ("480p", "720p"))
                     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,34 +1,62 @@
-"""Put the model weights in a folder: baked into the image at build time, or onto a network volume.
+"""Put the model weights in a folder, as the worker's own bf16 copy: baked into the image at build time, or onto a volume.
 
-    python builder/fetch_weights.py --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --dest /models/wan
+    python builder/fetch_weights.py --dest /models/wan                  # the hub's weights, converted to bf16
     python builder/fetch_weights.py --dest /runpod-volume/models/Wan2.2-I2V-A14B-Diffusers   # a volume
-    python builder/fetch_weights.py --verify-only --dest DIR     # check a folder, no network
+    python builder/fetch_weights.py --source DIR --dest OUT             # convert a local diffusers folder, no network
+    python builder/fetch_weights.py --dtype as-published --dest DIR     # the files as published (fp32 experts)
+    python builder/fetch_weights.py --verify-only --dest DIR            # check a folder, no network
 
-Run again on a folder, it downloads only what is missing (an interrupted copy resumes) and repairs what
-is broken: a weight file whose safetensors layout does not check (cut short) is removed and fetched again.
+Wan-AI/Wan2.2-I2V-A14B-Diffusers publishes the experts in fp32: 12 shards of about 4.9 GB each, about 57 GB
+per expert, 126 GB for the whole pipeline (its text encoder is bf16 already). The worker computes in bf16,
+so by default each expert shard is converted to bf16 as it arrives (one shard is held on disk and in memory
+at a time): about 69 GB in all, half the bytes every cold start reads. What diffusers keeps in fp32 when it
+loads these models in bf16 stays fp32 (`_keep_in_fp32_modules`: the modulation tables, the time embedder,
+the cross-attention norm; transformers keeps nothing of UMT5 in fp32 at bf16). Shard names and the index
+files stay as published, with the index's `total_size` updated, so diffusers loads the copy as it would the
+original. `provenance.json` records the repository, the resolved commit, the dtype and the date: the worker
+logs it at cold start and returns it as `model_revision` with every job.
 
-The turbo LoRA pair goes into DEST/turbo-lora/, where the worker looks for it by default
-(`--turbo-lora-files ''` skips it; the worker then serves quality jobs only).
+Run again on a folder, it converts or downloads only what is missing or broken (an interrupted copy resumes):
+a weight file whose safetensors layout does not check (cut short) is fetched again. The turbo LoRA pair goes
+into DEST/turbo-lora/, where the worker looks for it by default (`--turbo-lora-files ''` skips it).
 
-Downloads only the files the worker loads (model_index.json and the six component folders), then
-checks the folder with the same rules the worker applies at cold start (wan_i2v.worker.weights), so a
-broken download fails the build instead of the first cold start. A gated or private repository
-reads its token from HF_TOKEN.
+The folder is then checked with the worker's own rules (wan_i2v.worker.weights and model_config: complete,
+every shard whole, configs of Wan2.2 I2V-A14B), so a broken copy fails the build, not the first cold start.
+A gated or private repository reads its token from HF_TOKEN.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import shutil
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
-try:
-    from wan_i2v.worker.weights import FOLDER_IN_MODEL, REQUIRED_COMPONENTS, broken_files, missing_parts, pair_files
-except ImportError:  # run from a checkout without the package installed
+if importlib.util.find_spec("wan_i2v") is None:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from wan_i2v.worker.weights import FOLDER_IN_MODEL, REQUIRED_COMPONENTS, broken_files, missing_parts, pair_files
 
+from wan_i2v.errors import ModelConfigError  # noqa: E402
+from wan_i2v.worker.model_config import check_model_configs  # noqa: E402
+from wan_i2v.worker.safetensors_layout import LayoutError, check_layout  # noqa: E402
+from wan_i2v.worker.weights import (  # noqa: E402
+    FOLDER_IN_MODEL,
+    PROVENANCE,
+    REQUIRED_COMPONENTS,
+    broken_files,
+    missing_parts,
+    pair_files,
+    read_revision,
+)
+
+MODEL = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+# The commit whose configs we checked (README, "Deploy"): no image branch, boundary_ratio 0.9.
+CHECKED_REVISION = "596658fd9ca6b7b71d5057529bbf319ecbc61d74"
 ALLOW_PATTERNS = ["model_index.json"] + [f"{component}/*" for component in REQUIRED_COMPONENTS]
+CONVERTED = ("transformer", "transformer_2", "text_encoder")  # the large parts; the VAE is kept as published
+DTYPES = ("bf16", "as-published")
 # The current recommended 4-step pair for Wan2.2 I2V-A14B (README, "Turbo mode"): high-noise, low-noise.
 TURBO_REPO = "lightx2v/Wan2.2-Distill-Loras"
 TURBO_FILES = (
@@ -37,10 +65,117 @@ TURBO_FILES = (
 )
 
 
-def fetch(model: str, dest: Path, revision: str | None) -> None:
-    from huggingface_hub import snapshot_download
+# ---- the bf16 conversion -------------------------------------------------------------------------------
+def fp32_modules(component: str) -> list[str]:
+    """The module names whose parameters loading in bf16 keeps in fp32, for one component folder."""
+    if component.startswith("transformer"):
+        from diffusers import WanTransformer3DModel
 
-    snapshot_download(repo_id=model, revision=revision, local_dir=dest, allow_patterns=ALLOW_PATTERNS)
+        return list(WanTransformer3DModel._keep_in_fp32_modules or [])
+    from transformers import UMT5EncoderModel
+
+    return list(getattr(UMT5EncoderModel, "_keep_in_fp32_modules_strict", None) or [])
+
+
+def kept_fp32(key: str, keep: list[str]) -> bool:
+    """diffusers' rule: a dotted part of the parameter's name is one of the kept modules."""
+    return any(part in keep for part in key.split("."))
+
+
+def is_converted(path: Path, keep: list[str]) -> bool:
+    """Whether a shard is whole and holds no fp32 tensor but the kept ones."""
+    try:
+        header = check_layout(path)
+    except (OSError, LayoutError):
+        return False
+    return all(info["dtype"] != "F32" or kept_fp32(key, keep) for key, info in header.items() if key != "__metadata__")
+
+
+def convert_shard(source: Path, dest: Path, keep: list[str]) -> None:
+    """Write `source`'s tensors to `dest` with fp32 ones in bf16 except the kept ones; whole or not at all."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from wan_i2v.files import written_whole
+
+    with safe_open(str(source), framework="pt") as file:
+        metadata = file.metadata() or {"format": "pt"}
+        tensors = {}
+        for key in file.keys():
+            tensor = file.get_tensor(key)
+            if tensor.dtype == torch.float32 and not kept_fp32(key, keep):
+                tensor = tensor.to(torch.bfloat16)
+            tensors[key] = tensor
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with written_whole(dest) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
+
+
+def update_indexes(dest: Path) -> None:
+    """Set each converted component's index `total_size` to the bytes its shards now hold."""
+    for component in CONVERTED:
+        for index in (dest / component).glob("*.safetensors.index.json"):
+            data = json.loads(index.read_text())
+            total = 0
+            for shard in set(data["weight_map"].values()):
+                header = check_layout(dest / component / shard)
+                total += sum(
+                    i["data_offsets"][1] - i["data_offsets"][0] for k, i in header.items() if k != "__metadata__"
+                )
+            data.setdefault("metadata", {})["total_size"] = total
+            index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def copy_folder(source: Path, dest: Path, dtype: str) -> None:
+    """A local diffusers folder into `dest`: the large parts' shards converted, everything else copied."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if not path.is_file() or relative.parts[0] == ".cache" or relative.name == PROVENANCE:
+            continue
+        target = dest / relative
+        if dtype == "bf16" and relative.parts[0] in CONVERTED and path.suffix == ".safetensors":
+            keep = fp32_modules(relative.parts[0])
+            if not is_converted(target, keep):
+                print(f"converting {relative}", flush=True)
+                convert_shard(path, target, keep)
+        elif not target.is_file() or target.stat().st_size != path.stat().st_size:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+# ---- the hub --------------------------------------------------------------------------------------------
+def resolve_commit(model: str, revision: str | None) -> tuple[str, list[str]]:
+    """The commit a branch, tag or commit names, and the files the worker loads at that commit."""
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(model, revision=revision or "main")
+    names = [s.rfilename for s in info.siblings or [] if any(fnmatch(s.rfilename, p) for p in ALLOW_PATTERNS)]
+    return info.sha, names
+
+
+def fetch(model: str, commit: str, names: list[str], dest: Path, dtype: str) -> None:
+    """Download the worker's files at `commit`; with bf16, each large shard is converted as it arrives and its
+    download deleted, so the disk holds the copy plus one published shard at a time."""
+    from huggingface_hub import hf_hub_download
+
+    staging = dest / ".staging"
+    for name in names:
+        parts = Path(name).parts
+        target = dest / name
+        if dtype == "bf16" and parts[0] in CONVERTED and name.endswith(".safetensors"):
+            keep = fp32_modules(parts[0])
+            if is_converted(target, keep):
+                continue
+            print(f"downloading and converting {name}", flush=True)
+            downloaded = Path(hf_hub_download(repo_id=model, filename=name, revision=commit, local_dir=staging))
+            convert_shard(downloaded, target, keep)
+            downloaded.unlink()
+        else:
+            hf_hub_download(repo_id=model, filename=name, revision=commit, local_dir=dest)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_broken(dest: Path) -> list[Path]:
@@ -62,11 +197,29 @@ def fetch_turbo_lora(repo: str, files: list[str], dest: Path, revision: str | No
         hf_hub_download(repo_id=repo, filename=name, revision=revision, local_dir=dest / FOLDER_IN_MODEL)
 
 
+def write_provenance(dest: Path, repo: str | None, commit: str | None, dtype: str, source: str) -> dict:
+    facts = {
+        "repo": repo,
+        "commit": commit,
+        "dtype": dtype,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": source,
+        "written_by": "builder/fetch_weights.py",
+    }
+    (dest / PROVENANCE).write_text(json.dumps(facts, indent=2) + "\n")
+    return facts
+
+
+# ---- the command ----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="Wan-AI/Wan2.2-I2V-A14B-Diffusers", help="hub id to download")
-    parser.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    parser.add_argument("--model", default=MODEL, help="hub id to download")
+    parser.add_argument(
+        "--revision", default=CHECKED_REVISION, help=f"branch, tag or commit (default: {CHECKED_REVISION}, checked)"
+    )
     parser.add_argument("--dest", type=Path, required=True, help="folder to write; set WAN_MODEL to it")
+    parser.add_argument("--source", type=Path, help="a local diffusers folder to convert instead of the hub")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="bf16 (default): the worker's copy")
     parser.add_argument("--verify-only", action="store_true", help="only check --dest, download nothing")
     parser.add_argument("--turbo-lora-repo", default=TURBO_REPO, help="hub repo of the turbo LoRA pair")
     parser.add_argument(
@@ -81,30 +234,49 @@ def main(argv: list[str] | None = None) -> int:
         len(turbo_files) != 2 or "high_noise" not in turbo_files[0] or "low_noise" not in turbo_files[1]
     ):
         parser.error("--turbo-lora-files: give two names, the *high_noise* file first, then the *low_noise* one")
+    if args.source is not None and not (args.source / "model_index.json").is_file():
+        parser.error(f"--source {args.source}: not a diffusers folder (no model_index.json)")
 
     if not args.verify_only:
-        print(f"downloading {args.model} ({args.revision or 'main'}) to {args.dest}", flush=True)
         if args.dest.is_dir():
             remove_broken(args.dest)  # a copy cut short: those files come again, the rest is kept
-        fetch(args.model, args.dest, args.revision)
-        if turbo_files:
+        if args.source is not None:
+            print(f"converting {args.source} to {args.dtype} in {args.dest}", flush=True)
+            copy_folder(args.source, args.dest, args.dtype)
+            origin = read_revision(args.source)  # its provenance, or a hub cache snapshot's folder names
+            facts = write_provenance(args.dest, origin.repo, origin.commit, args.dtype, f"local folder {args.source}")
+        else:
+            commit, names = resolve_commit(args.model, args.revision)
+            print(f"downloading {args.model} at {commit} to {args.dest} ({args.dtype})", flush=True)
+            fetch(args.model, commit, names, args.dest, args.dtype)
+            facts = write_provenance(args.dest, args.model, commit, args.dtype, "hub")
+        if args.dtype == "bf16":
+            update_indexes(args.dest)
+        print(f"provenance: {facts['repo']} at {facts['commit']}, {facts['dtype']}", flush=True)
+        if turbo_files and args.source is None:
             print(f"downloading the turbo LoRA pair from {args.turbo_lora_repo}", flush=True)
             fetch_turbo_lora(args.turbo_lora_repo, turbo_files, args.dest, args.turbo_lora_revision)
+    return verify(args.dest, turbo_files)
+
+
+def verify(dest: Path, turbo_files: list[str]) -> int:
     if turbo_files:
-        pair = pair_files(args.dest / FOLDER_IN_MODEL)
+        pair = pair_files(dest / FOLDER_IN_MODEL)
         if isinstance(pair, str):
             print(f"turbo LoRA pair incomplete: {pair}", file=sys.stderr)
             return 1
         print(f"turbo LoRA pair: {pair['high_noise'].name}, {pair['low_noise'].name}")
-    missing = missing_parts(args.dest)
+    missing = missing_parts(dest)
     if missing:
-        print(
-            f"{args.dest} is not a complete Wan2.2 I2V diffusers pipeline; missing: {', '.join(missing)}",
-            file=sys.stderr,
-        )
+        print(f"{dest} is not a complete Wan2.2 I2V diffusers pipeline; missing: {', '.join(missing)}", file=sys.stderr)
         return 1
-    size = sum(f.stat().st_size for f in args.dest.rglob("*") if f.is_file())
-    print(f"{args.dest}: complete Wan2.2 I2V diffusers pipeline, {size / 1e6:,.1f} MB")
+    try:
+        check_model_configs(dest)
+    except ModelConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and ".staging" not in f.parts)
+    print(f"{dest}: complete Wan2.2 I2V diffusers pipeline, {size / 1e6:,.1f} MB")
     return 0
 
 

@@ -5,7 +5,7 @@
 It also writes a tiny turbo LoRA pair into DIR/turbo-lora/, in the key layout of the published
 lightx2v Wan2.2-Distill-Loras I2V files (see `write_lora_pair`), so that `WAN_MODEL=DIR` serves turbo
 jobs and the real LoRA reading and fusing code runs in tests; and example user LoRA pairs into
-DIR/loras/ in the three layouts trainers write (see `write_user_loras`), for `WAN_LORA_DIR=DIR/loras`.
+DIR/loras/ in the key layouts trainers write (see `write_user_loras`), for `WAN_LORA_DIR=DIR/loras`.
 
 Same classes and folder layout as Wan-AI/Wan2.2-I2V-A14B-Diffusers (two WanTransformer3DModel
 experts with boundary_ratio 0.9, AutoencoderKLWan with z_dim 16, UMT5EncoderModel, a T5 tokenizer,
@@ -16,6 +16,7 @@ the CPU quick start load it through the same code path as the real model. Its vi
 from __future__ import annotations
 
 import argparse
+import json
 import string
 import sys
 from pathlib import Path
@@ -49,9 +50,10 @@ def build_tokenizer() -> T5TokenizerFast:
     )
 
 
-def build_expert(seed: int) -> WanTransformer3DModel:
+def build_expert(seed: int, **sizes) -> WanTransformer3DModel:
+    """A tiny expert; `sizes` overrides its widths and depth (tests of memory use want a larger one)."""
     torch.manual_seed(seed)
-    return WanTransformer3DModel(
+    config = dict(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
@@ -65,9 +67,10 @@ def build_expert(seed: int) -> WanTransformer3DModel:
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,  # the real value: smaller tables break at 480p and 720p
     )
+    return WanTransformer3DModel(**{**config, **sizes})
 
 
-def build_pipeline(seed: int = 0) -> WanImageToVideoPipeline:
+def build_pipeline(seed: int = 0, **expert_sizes) -> WanImageToVideoPipeline:
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(
@@ -97,8 +100,8 @@ def build_pipeline(seed: int = 0) -> WanImageToVideoPipeline:
         text_encoder=text_encoder,
         vae=vae,
         scheduler=scheduler,
-        transformer=build_expert(seed + 2),
-        transformer_2=build_expert(seed + 3),
+        transformer=build_expert(seed + 2, **expert_sizes),
+        transformer_2=build_expert(seed + 3, **expert_sizes),
         boundary_ratio=0.9,
     )
 
@@ -187,7 +190,11 @@ USER_LORA_LAYERS = {
     "peft": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
              "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2"],
 }  # fmt: skip
-USER_LORA_LAYOUTS = ("wan", "kohya", "peft")
+USER_LORA_LAYOUTS = ("wan", "kohya", "peft", "diffsynth", "kohya-dotted", "aitoolkit", "kohya-te")
+# Layouts without an alpha: the strength alpha / rank is folded into up (as their trainers' own scale is 1).
+NO_ALPHA = ("peft", "diffsynth", "aitoolkit")
+# Example pairs (write_user_loras) with the deltas of another layout's pair, so that their frames can be compared.
+SAME_DELTAS_AS = {"diffsynth": "peft", "kohya-dotted": "peft", "aitoolkit": "peft", "kohya-te": "peft"}
 
 
 def user_lora_state(
@@ -198,7 +205,14 @@ def user_lora_state(
     - `wan`: the original Wan names as ComfyUI and most published Wan LoRAs have them
       (`diffusion_model.blocks.0.self_attn.q.lora_down.weight`, `lora_up.weight`, `alpha`);
     - `kohya`: musubi-tuner's (`lora_unet_blocks_0_self_attn_q.lora_down.weight`, `lora_up.weight`, `alpha`);
-    - `peft`: diffusers/PEFT's (`transformer.blocks.0.attn1.to_q.lora_A.weight`, `lora_B.weight`, no alpha).
+    - `peft`: diffusers/PEFT's (`transformer.blocks.0.attn1.to_q.lora_A.weight`, `lora_B.weight`, no alpha);
+    - `diffsynth`: DiffSynth-Studio's (`blocks.0.self_attn.q.lora_A.default.weight`, `lora_B.default.weight`,
+      no prefix, no alpha);
+    - `kohya-dotted`: kohya names flattened only up to the block (`lora_unet_blocks_0.self_attn.q.lora_down.weight`,
+      `lora_up.weight`, `alpha`), as in files users report (ComfyUI-WanVideoWrapper issue 869);
+    - `aitoolkit`: ai-toolkit's (`diffusion_model.blocks.0.self_attn.q.lora_A.weight`, `lora_B.weight`, no alpha);
+    - `kohya-te`: `kohya` plus a few keys for the text encoder (`lora_te_encoder_block_0_layer_0_SelfAttention_q...`),
+      which the worker skips.
     The same seed gives the same deltas in every layout. Weights in bf16, as trainers save them.
     """
     if layout not in USER_LORA_LAYOUTS:
@@ -213,28 +227,48 @@ def user_lora_state(
             out_features, in_features = shapes.get(original, (dim, dim))
             down = (torch.randn(rank, in_features, generator=generator) * std).to(torch.bfloat16)
             up = (torch.randn(out_features, rank, generator=generator) * std).to(torch.bfloat16)
-            if layout == "peft":  # no alpha in this layout: the strength alpha/rank goes into up
-                prefix = f"transformer.blocks.{n}.{peft}"
-                state[f"{prefix}.lora_A.weight"] = down
-                state[f"{prefix}.lora_B.weight"] = (up.float() * (alpha / rank)).to(torch.bfloat16)
+            if layout in NO_ALPHA:  # the strength alpha/rank goes into up
+                prefix, adapter = {
+                    "peft": (f"transformer.blocks.{n}.{peft}", ""),
+                    "diffsynth": (f"blocks.{n}.{original}", ".default"),
+                    "aitoolkit": (f"diffusion_model.blocks.{n}.{original}", ""),
+                }[layout]
+                state[f"{prefix}.lora_A{adapter}.weight"] = down
+                state[f"{prefix}.lora_B{adapter}.weight"] = (up.float() * (alpha / rank)).to(torch.bfloat16)
                 continue
             prefix = f"diffusion_model.blocks.{n}.{original}"
-            if layout == "kohya":
+            if layout in ("kohya", "kohya-te"):
                 prefix = "lora_unet_" + f"blocks.{n}.{original}".replace(".", "_")
+            elif layout == "kohya-dotted":
+                prefix = f"lora_unet_blocks_{n}.{original}"
             state[f"{prefix}.lora_down.weight"] = down
             state[f"{prefix}.lora_up.weight"] = up
+            state[f"{prefix}.alpha"] = torch.tensor(alpha)
+    if layout == "kohya-te":  # UMT5 attention projections, named as kohya's sd-scripts lineage names them
+        for proj in "qk":
+            prefix = f"lora_te_encoder_block_0_layer_0_SelfAttention_{proj}"
+            state[f"{prefix}.lora_down.weight"] = (torch.randn(rank, TEXT_DIM, generator=generator) * std).to(
+                torch.bfloat16
+            )
+            state[f"{prefix}.lora_up.weight"] = (torch.randn(TEXT_DIM, rank, generator=generator) * std).to(
+                torch.bfloat16
+            )
             state[f"{prefix}.alpha"] = torch.tensor(alpha)
     return state
 
 
 def write_user_loras(dest: Path, config, rank: int = 4, seed: int = 100, std: float = 0.1) -> dict[str, Path]:
-    """Example pairs, one per layout: DEST/tiny-{layout}-{high,low}.safetensors; returns {stem: path}."""
+    """Example pairs, one per layout: DEST/tiny-{layout}-{high,low}.safetensors; returns {stem: path}.
+
+    Each of the first three layouts' pairs has deltas of its own; the later ones (SAME_DELTAS_AS) have the
+    deltas of the `peft` pair, so each must give the frames the `peft` pair gives."""
     from safetensors.torch import save_file
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     files = {}
-    for index, layout in enumerate(USER_LORA_LAYOUTS):
+    for layout in USER_LORA_LAYOUTS:
+        index = USER_LORA_LAYOUTS.index(SAME_DELTAS_AS.get(layout, layout))
         for offset, side in enumerate(("high", "low")):
             path = dest / f"tiny-{layout}-{side}.safetensors"
             state = user_lora_state(config, layout, rank, seed + 10 * index + offset, std, alpha=rank / 2)
@@ -243,10 +277,16 @@ def write_user_loras(dest: Path, config, rank: int = 4, seed: int = 100, std: fl
     return files
 
 
-def write_tiny_model(dest: Path, seed: int = 0, turbo_lora: bool = True) -> Path:
+def write_tiny_model(dest: Path, seed: int = 0, turbo_lora: bool = True, max_shard_size: str | None = None) -> Path:
+    """The tiny pipeline in fp32 (as the hub publishes the real experts), with a provenance file saying so;
+    `max_shard_size` (e.g. "40KB") splits the large parts into indexed shards, as the real ones are."""
     dest = Path(dest)
     pipe = build_pipeline(seed)
-    pipe.save_pretrained(dest, safe_serialization=True)
+    pipe.save_pretrained(
+        dest, safe_serialization=True, **({"max_shard_size": max_shard_size} if max_shard_size else {})
+    )
+    provenance = {"repo": f"tiny-random (builder/tiny_model.py, seed {seed})", "commit": None, "dtype": "fp32"}
+    (dest / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     if turbo_lora:
         # A larger spread than a real LoRA's, so that the tiny model's frames visibly change with it.
         write_lora_pair(dest / "turbo-lora", pipe.transformer.config, rank=4, seed=seed + 10, std=0.1)
@@ -259,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", type=Path, help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--no-turbo-lora", action="store_true", help="do not write DIR/turbo-lora/")
+    parser.add_argument("--max-shard-size", help="split the weights into indexed shards of this size (e.g. 40KB)")
     args = parser.parse_args(argv)
-    path = write_tiny_model(args.dest, args.seed, turbo_lora=not args.no_turbo_lora)
+    path = write_tiny_model(args.dest, args.seed, turbo_lora=not args.no_turbo_lora, max_shard_size=args.max_shard_size)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(f"wrote tiny Wan2.2 I2V pipeline to {path} ({size / 1e6:.1f} MB)")
     return 0

@@ -12,7 +12,9 @@ TARGETS = {
     "turbo_480p_s",
     "quality_720p_s",
     "turbo_720p_s",
-    "cold_start_warm_cache_s",
+    "cold_start_prepared_s",
+    "cold_start_bf16_s",
+    "cold_start_peak_host_gib",
     "peak_vram_fp8_720p_gib",
     "err_compile",
     "err_fp8",
@@ -68,3 +70,22 @@ def test_cold_start_by_source_finds_each_layout_and_times_it(tmp_path):
         assert sources[source]["weights"].startswith(prefix), sources[source]
         assert 0 < sources[source]["load_s"] < sources[source]["median_ready_s"]
     assert sources["runpod-cache"]["weights"].endswith("/snapshots/" + "0" * 40)
+
+
+@pytest.mark.load
+def test_the_cold_start_row_reads_the_bf16_copy_then_the_prepared_cache(tmp_path):
+    """bench/run.py --rows cold-start in its smoke form: two fresh processes, the second from the prepared cache."""
+    out = tmp_path / "cold.json"
+    script = [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--rows", "cold-start", "--out", str(out)]
+    subprocess.run(script, check=True, timeout=600, capture_output=True)
+    results = json.loads(out.read_text())
+    row = results["rows"]["cold-start"]
+    first, second = row["runs"]["bf16_copy_nothing_cached"], row["runs"]["prepared_cache_compile_warm"]
+    assert first["prepared_cache"].startswith("miss (written ") and second["prepared_cache"] == "hit"
+    assert "quantise" in first["seconds"] and "quantise" not in second["seconds"]
+    assert row["layers"] == 2 and row["cache_bytes"] > 0 and first["files_read_bytes"] > 0
+    assert 0 < first["host_rss_before_gib"] <= first["peak_host_rss_gib"]
+    assert results["targets"]["cold_start_prepared_s"] == second["ready_s"] > 0
+    assert results["targets"]["cold_start_peak_host_gib"] == max(
+        first["peak_host_rss_gib"], second["peak_host_rss_gib"]
+    )

@@ -143,6 +143,8 @@ def test_readme_output_example_is_a_whole_output_the_model_reads():
     assert JobOutput.model_validate(example).to_json() == example
     fields = set(JobOutput.model_fields) - {"video_url_expires_at"}  # only with a bucket
     assert set(example) == fields and set(example["timings"]) == set(OUTPUT["timings"])
+    # No path of the machine it ran on: the checkout's folder is written as a placeholder.
+    assert example["video_url"].startswith("file://<checkout>/outputs/") and str(ROOT) not in readme
 
 
 def test_the_output_model_round_trips_and_leaves_out_what_has_no_value():

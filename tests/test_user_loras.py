@@ -1,14 +1,16 @@
-"""A job's own LoRAs on the tiny model: the three key layouts trainers write (example pairs written by
-builder/tiny_model.py into the model's loras/ folder), their effect through `Engine.generate` at 64x48
-and 5 frames (strength 0, 1, one expert only, on top of turbo), the experts left exactly as they were
-after every job (finished or failed), and at the job boundary: the folder and a loopback URL, the
-output's list of what ran, and hostile files and URLs refused without harm to the next job.
+"""A job's own LoRAs on the tiny model: the key layouts trainers write (example pairs written by
+builder/tiny_model.py into the model's loras/ folder), each giving the frames of the same deltas in the PEFT
+layout, their effect through `Engine.generate` at 64x48 and 5 frames (strength 0, 1, one expert only, on top
+of turbo), the experts left exactly as they were after every job (finished or failed), and at the job
+boundary: the folder and a loopback URL, the output's list of what ran (text-encoder keys counted), and
+hostile files and URLs refused without harm to the next job.
 
 The fetching rules themselves (paths, pickle, caps, deadlines, the cache) are tested in test_lora_files.py.
 """
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from wan_i2v.worker.netguard import UrlPolicy
 from wan_i2v.worker.settings import GB, LoraSettings, Settings
 
 sys.path.insert(0, str(ROOT / "builder"))
-from tiny_model import USER_LORA_LAYOUTS, user_lora_state  # noqa: E402
+from tiny_model import NO_ALPHA, SAME_DELTAS_AS, USER_LORA_LAYOUTS, user_lora_state  # noqa: E402
 
 FIRST = picture(64, 48)
 EXPERT = {"high": HIGH_NOISE, "low": LOW_NOISE}
@@ -58,20 +60,25 @@ def assert_untouched(engine, before: dict[str, torch.Tensor]) -> None:
 # ---- the key layouts ---------------------------------------------------------------------------------------
 
 
-def test_the_three_layouts_map_onto_the_same_layers_with_the_same_deltas(engine):
+def test_every_layout_maps_onto_the_same_layers_with_the_same_deltas(engine):
     expert = engine.pipe.transformer
     config = expert.config
     parsed = {
         layout: parse_lora(user_lora_state(config, layout, rank=4, seed=5, alpha=2.0), expert, layout)
         for layout in USER_LORA_LAYOUTS
     }
-    assert set(parsed["wan"].low_rank) == set(parsed["kohya"].low_rank) == set(parsed["peft"].low_rank)
     assert "blocks.1.attn2.to_out.0" in parsed["kohya"].low_rank and "blocks.0.ffn.net.2" in parsed["peft"].low_rank
-    for name, pair in parsed["wan"].low_rank.items():
-        assert pair.scale == 0.5  # alpha 2 over rank 4
-        assert torch.equal(pair.delta(), parsed["kohya"].low_rank[name].delta())
-        # The PEFT layout has no alpha: the builder folds alpha / rank into up, in bf16.
-        torch.testing.assert_close(parsed["peft"].low_rank[name].delta(), pair.delta(), rtol=1e-2, atol=1e-4)
+    assert len(parsed["wan"].low_rank) == 2 * 10  # two blocks, ten linears each
+    for layout, lora in parsed.items():
+        assert set(lora.low_rank) == set(parsed["wan"].low_rank) and not lora.diffs and not lora.skipped, layout
+        assert len(lora.text_encoder_keys) == (6 if layout == "kohya-te" else 0), layout
+        for name, pair in parsed["wan"].low_rank.items():
+            assert pair.scale == 0.5  # alpha 2 over rank 4
+            if layout in NO_ALPHA:  # no alpha in the file: the builder folds alpha / rank into up, in bf16
+                assert lora.low_rank[name].scale == 1.0
+                torch.testing.assert_close(lora.low_rank[name].delta(), pair.delta(), rtol=1e-2, atol=1e-4)
+            else:
+                assert torch.equal(lora.low_rank[name].delta(), pair.delta()), (layout, name)
 
 
 @pytest.mark.parametrize("layout", ["kohya", "peft"])
@@ -113,7 +120,81 @@ def test_kohya_files_trained_on_wan21_skip_the_image_branch_and_dora_is_refused(
         parse_lora({"lora_unet_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 24)}, expert, "x")
 
 
+def test_variants_from_the_wild_text_encoder_keys_skipped_and_dora_still_refused(engine):
+    """Prefixes and tails seen in published files read as their plain layout; lora_te*, lora_te1_* ... keys are
+    skipped and counted (the frames and the job output: below); a DoRA file is refused in any layout."""
+    expert = engine.pipe.transformer
+    config = expert.config
+    expected = parse_lora(user_lora_state(config, "wan", seed=6), expert, "wan").low_rank
+    diffsynth = user_lora_state(config, "diffsynth", seed=6)
+    kohya_dotted = user_lora_state(config, "kohya-dotted", seed=6)
+    variants = {
+        # DiffSynth-Studio run without --remove_prefix_in_ckpt "pipe.dit.", and its names without PEFT's adapter name
+        "pipe.dit.": {f"pipe.dit.{k}": v for k, v in diffsynth.items()},
+        "no .default": {k.replace(".default.", "."): v for k, v in diffsynth.items()},
+        # PEFT saved from the original Wan model
+        "base_model.model.": {f"base_model.model.{k.replace('.default.', '.')}": v for k, v in diffsynth.items()},
+        # a kohya file with every dot of the name kept
+        "lora_unet_blocks.N": {k.replace("lora_unet_blocks_", "lora_unet_blocks."): v for k, v in kohya_dotted.items()},
+    }
+    for variant, state in variants.items():
+        lora = parse_lora(state, expert, variant)
+        assert set(lora.low_rank) == set(expected), variant
+        for name, pair in expected.items():
+            torch.testing.assert_close(lora.low_rank[name].delta(), pair.delta(), rtol=1e-2, atol=1e-4)
+
+    with_image_branch = {**kohya_dotted, "lora_unet_blocks_0.cross_attn.k_img.lora_down.weight": torch.zeros(4, 24)}
+    assert parse_lora(with_image_branch, expert, "x").skipped == [
+        "lora_unet_blocks_0.cross_attn.k_img.lora_down.weight"
+    ]
+    encoders = {f"lora_te{n}_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight": torch.zeros(4, 8) for n in "12"}
+    lora = parse_lora({**user_lora_state(config, "kohya-te", seed=6), **encoders}, expert, "two-encoders")
+    assert len(lora.text_encoder_keys) == 6 + 2 and set(lora.low_rank) == set(expected)
+    with pytest.raises(InputError, match=r"^te-only: holds only text-encoder keys \(lora_te\*\)"):
+        parse_lora(encoders, expert, "te-only")
+
+    with pytest.raises(InputError, match=r"^dora.safetensors: a DoRA file \(dora_scale keys\)"):
+        parse_lora(
+            {
+                **user_lora_state(config, "kohya-te", seed=6),
+                "lora_unet_blocks_0.self_attn.q.dora_scale": torch.ones(1, 24),
+            },
+            expert,
+            "dora.safetensors",
+        )
+    peft_dora = {**diffsynth, "blocks.0.self_attn.q.lora_magnitude_vector.default.weight": torch.ones(24)}
+    with pytest.raises(InputError, match=r"^dora.safetensors: a DoRA file \(lora_magnitude_vector keys\)"):
+        parse_lora(peft_dora, expert, "dora.safetensors")
+    # Still refused as before: a kohya file with keys of another layout, a name of no module in any spelling.
+    with pytest.raises(InputError, match=r"key 'diffusion_model.blocks.0.self_attn.q.alpha' mixes layouts"):
+        parse_lora({**kohya_dotted, "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(4.0)}, expert, "x")
+    with pytest.raises(InputError, match=r"key 'blocks.0.self_attn.x.lora_A.default.weight' fits no module"):
+        parse_lora({**diffsynth, "blocks.0.self_attn.x.lora_A.default.weight": torch.zeros(4, 24)}, expert, "x")
+
+
 # ---- what a job's LoRAs do ---------------------------------------------------------------------------------
+
+
+def test_each_layout_from_the_wild_gives_the_frames_of_the_same_deltas_in_peft_layout(tiny_model, engine, caplog):
+    """DiffSynth-Studio's, kohya's with dotted tails, ai-toolkit's, and kohya's with text-encoder keys: the
+    builder writes each pair with the deltas of the PEFT pair (SAME_DELTAS_AS), so the frames must match it."""
+    plain = engine.generate(quality(), FIRST).frames
+    peft = engine.generate(quality(), FIRST, loras=[example(tiny_model, "peft", s) for s in ("high", "low")]).frames
+    assert levels(peft, plain) > 10
+    assert set(SAME_DELTAS_AS) == {"diffsynth", "kohya-dotted", "aitoolkit", "kohya-te"}
+    for layout in SAME_DELTAS_AS:
+        with caplog.at_level(logging.INFO, logger="wan_i2v.worker.lora"):
+            caplog.clear()
+            frames = engine.generate(
+                quality(), FIRST, loras=[example(tiny_model, layout, s) for s in ("high", "low")]
+            ).frames
+        assert levels(frames, peft) <= 1 and levels(frames, plain) > 10, layout
+        skipped = [r.getMessage() for r in caplog.records if "text-encoder keys" in r.getMessage()]
+        if layout == "kohya-te":  # one line per file, with its count
+            assert skipped == [f"kohya-te-{side}: 6 text-encoder keys (lora_te*) skipped; the worker's LoRAs change "
+                               "the two experts only" for side in ("high", "low")]  # fmt: skip
+        else:
+            assert skipped == [], layout
 
 
 def test_strength_zero_is_no_lora_and_strength_one_changes_the_frames(tiny_model, engine):
@@ -280,21 +361,26 @@ def test_hostile_loras_are_refused_clearly_and_the_next_job_runs_with_its_own(en
 
     url = f"{server.local}/tiny-peft-low.safetensors?token=do-not-show"
     answer = worker.handle(
-        {"id": "good", "input": {**CHEAP, "loras": [{"high": "tiny-kohya-high.safetensors", "low": url, "scale": 0.7}]}}
+        {
+            "id": "good",
+            "input": {**CHEAP, "loras": [{"high": "tiny-kohya-te-high.safetensors", "low": url, "scale": 0.7}]},
+        }
     )
     assert "error" not in answer, answer
     output = JobOutput.model_validate(answer)
     assert [entry.model_dump() for entry in output.loras] == [
         {
             "high": {
-                "source": "tiny-kohya-high.safetensors",
+                "source": "tiny-kohya-te-high.safetensors",
                 "scale": 0.7,
-                "sha256": hashlib.sha256((folder / "tiny-kohya-high.safetensors").read_bytes()).hexdigest(),
+                "sha256": hashlib.sha256((folder / "tiny-kohya-te-high.safetensors").read_bytes()).hexdigest(),
+                "skipped_text_encoder_keys": 6,  # the file's lora_te_* keys, as the engine skipped them
             },
             "low": {
                 "source": f"{server.local}/tiny-peft-low.safetensors",
                 "scale": 0.7,
                 "sha256": hashlib.sha256(good).hexdigest(),
+                "skipped_text_encoder_keys": 0,
             },
         }
     ]

@@ -1,6 +1,7 @@
 """Finding the weights on disk, never downloading: a folder, or a hub id already in the local cache;
 and the builder's check of a baked folder, which uses the same rules."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -127,7 +128,8 @@ def test_each_source_in_order_and_refs_main_picks_the_snapshot(tiny_model, tmp_p
     assert f"; network volume: no folder {tmp_path / 'volume' / 'wan'}" in text
     assert f"; baked into the image: no folder {tmp_path / 'baked'}" in text and "nothing is downloaded" in text
     shutil.copytree(tiny_model, tmp_path / "baked")
-    assert find_model(REPO, places) == type(find_model(REPO, places))(tmp_path / "baked", "baked into the image")
+    found = find_model(REPO, places)
+    assert (found.path, found.source) == (tmp_path / "baked", "baked into the image")
     shutil.copytree(tiny_model, tmp_path / "volume" / "wan")
     assert find_model(REPO, places).source == "network volume"
     old, new = "a" * 40, "b" * 40
@@ -207,3 +209,56 @@ def test_the_turbo_pair_is_found_beside_the_weights_wherever_they_came_from(tiny
     assert misses == [f"{snapshot / 'turbo-lora'}: no such folder"]
     files, misses = find_pair(None, snapshot, ModelPlaces(baked=tmp_path / "nothing"))
     assert files is None and misses == [f"{snapshot / 'turbo-lora'}: no such folder"]
+
+
+def test_a_model_cache_without_refs_main_is_served_from_its_complete_snapshot(tiny_model, tmp_path, caplog):
+    """RunPod documents snapshots/<hash>/ and no more: refs/main may be absent (its own helper falls back)."""
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model, partial, ignore=shutil.ignore_patterns("transformer_2"))
+    places = ModelPlaces(
+        runpod_cache=tmp_path / "hub", volume=tmp_path / "no", baked=tmp_path / "no", local_cache=False
+    )
+    folder = places.runpod_cache / f"models--{REPO.replace('/', '--')}"
+    runpod_cache_entry(places.runpod_cache, tiny_model, {"e" * 40: tiny_model, "f" * 40: partial}, main="e" * 40)
+    (folder / "refs" / "main").unlink()
+    os.utime(folder / "snapshots" / ("f" * 40), (2e9, 2e9))  # the incomplete one is the newest: still skipped
+    with caplog.at_level("INFO"):
+        found = find_model(REPO, places)
+    assert (found.path.name, found.source) == ("e" * 40, "RunPod model cache")
+    assert found.revision.commit == "e" * 40 and found.revision.repo == REPO
+    assert f"snapshots/{'f' * 40} lacks transformer_2/config.json" in caplog.text
+    assert f"no refs/main; using snapshot {'e' * 40} (the only complete one)" in caplog.text
+
+    # Two complete snapshots: the newest one.
+    shutil.copytree(tiny_model, folder / "snapshots" / ("a" * 40))
+    os.utime(folder / "snapshots" / ("a" * 40), (1e9, 1e9))
+    os.utime(folder / "snapshots" / ("e" * 40), (1.5e9, 1.5e9))
+    assert find_model(REPO, places).path.name == "e" * 40
+    os.utime(folder / "snapshots" / ("a" * 40), (1.8e9, 1.8e9))
+    assert find_model(REPO, places).path.name == "a" * 40
+
+    # WAN_MODEL_REVISION names one, refs/main or not; a name with no snapshot is said and the next place used.
+    (folder / "refs" / "main").write_text("a" * 40)
+    pinned = ModelPlaces(places.runpod_cache, tmp_path / "no", tmp_path / "no", False, revision="e" * 40)
+    assert find_model(REPO, pinned).path.name == "e" * 40
+    absent = ModelPlaces(places.runpod_cache, tmp_path / "no", tmp_path / "no", False, revision="9" * 40)
+    with pytest.raises(ModelNotFoundError, match=f"no snapshots/{'9' * 40} for WAN_MODEL_REVISION"):
+        find_model(REPO, absent)
+
+
+def test_a_pinned_revision_refuses_a_copy_of_another_or_an_unknown_commit(tiny_model, tmp_path):
+    from wan_i2v.errors import SettingsError
+    from wan_i2v.worker.settings import Settings
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    (copy / "provenance.json").write_text(json.dumps({"repo": REPO, "commit": "1" * 40, "dtype": "bf16"}))
+    assert find_model(str(copy), ModelPlaces(revision="1" * 40)).revision.dtype == "bf16"
+    with pytest.raises(ModelNotFoundError, match=f"it holds commit {'1' * 40}, WAN_MODEL_REVISION={'2' * 40}"):
+        find_model(str(copy), ModelPlaces(revision="2" * 40))
+    places = ModelPlaces(runpod_cache=tmp_path / "no", volume=tmp_path / "no", baked=tiny_model, local_cache=False)
+    with pytest.raises(ModelNotFoundError, match="baked into the image: .*its commit is unknown"):
+        find_model(REPO, ModelPlaces(**{**places.__dict__, "revision": "2" * 40}))
+    assert Settings.from_env({"WAN_MODEL_REVISION": "3" * 40}).engine.model_places.revision == "3" * 40
+    with pytest.raises(SettingsError, match="WAN_MODEL_REVISION='main': allowed a commit hash of 40 hex digits"):
+        Settings.from_env({"WAN_MODEL_REVISION": "main"})

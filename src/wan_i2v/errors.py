@@ -35,5 +35,9 @@ class ModelNotFoundError(Exception):
     """The model weights are not on disk. Raised at cold start, never per job."""
 
 
+class ModelConfigError(ModelNotFoundError):
+    """The weights are on disk, but their configs are not Wan2.2 I2V-A14B's (checked before loading)."""
+
+
 class SettingsError(ValueError):
     """An environment variable is missing or malformed; raised at cold start (or by the client's set-up)."""

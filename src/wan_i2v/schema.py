@@ -303,6 +303,11 @@ class AppliedLoraFile(BaseModel):
     source: str = Field(description="The folder name as given, or the URL without its query string.")
     scale: float = Field(description="The strength it ran at on this expert.")
     sha256: str = Field(description="SHA-256 of the file, to tell which version ran.")
+    skipped_text_encoder_keys: int = Field(
+        0,
+        description="Keys of the file for a text encoder (kohya's `lora_te*`), skipped: a job's LoRAs change the "
+        "two experts only.",
+    )
 
 
 class AppliedLora(BaseModel):
@@ -327,6 +332,18 @@ class EngineReport(BaseModel):
     text_cache_hits: int = Field(
         description="How many of the job's texts (prompt, negative prompt) came from the cache."
     )
+
+
+class ModelRevision(BaseModel):
+    """Which copy of the weights the worker serves, from the copy's provenance file (`builder/fetch_weights.py`
+    writes it) or, in a Hugging Face cache (RunPod's model cache), the snapshot's folder names."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    repo: str | None = Field(None, description="The hub repository the weights came from.")
+    commit: str | None = Field(None, description="Its commit (the snapshot's hash).")
+    dtype: str | None = Field(None, description="`bf16` (our converted copy), `as-published`, or the tiny model's.")
+    date: str | None = Field(None, description="When the copy was made (ISO 8601, UTC).")
 
 
 class JobOutput(BaseModel):
@@ -355,6 +372,11 @@ class JobOutput(BaseModel):
     fps: int = Field(description="Playback rate of the MP4.")
     seed: int = Field(description="The seed used; send it back to get the same video again.")
     model: str = Field(description="The model the worker loaded (`WAN_MODEL`).")
+    model_revision: ModelRevision | None = Field(
+        None,
+        description="Which copy of the weights ran: `repo`, `commit`, `dtype`, `date` (each absent when unknown); "
+        "absent for a folder with no provenance.",
+    )
     storage: Literal["s3", "local", "inline"] = Field(
         description="Where `video_url` points: the bucket, the worker's disk, or inline."
     )
@@ -366,8 +388,8 @@ class JobOutput(BaseModel):
     )
     loras: list[AppliedLora] = Field(
         default_factory=list,
-        description='The job\'s LoRAs as they ran, in order: `{"high": {source, scale, sha256}, "low": ...}` '
-        "per entry (empty without LoRAs).",
+        description='The job\'s LoRAs as they ran, in order: `{"high": {source, scale, sha256, '
+        'skipped_text_encoder_keys}, "low": ...}` per entry (empty without LoRAs).',
     )
     engine: EngineReport | None = Field(
         None,
@@ -390,7 +412,14 @@ def output_markdown_table() -> str:
         elif annotation == str | None:
             kind = "string or absent"
         else:
-            kinds = {str: "string", int: "integer", float: "number", Timings: "object", EngineReport | None: "object"}
+            kinds = {
+                str: "string",
+                int: "integer",
+                float: "number",
+                Timings: "object",
+                EngineReport | None: "object",
+                ModelRevision | None: "object or absent",
+            }
             kind = kinds.get(annotation, "list of objects")
         lines.append(f"| `{name}` | {kind} | {info.description} |")
     return "\n".join(lines)

@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from ..files import written_whole
+from .hostmem import peak_resident_bytes, reset_peak, resident_bytes
 
 log = logging.getLogger(__name__)
 
 # The steps in the order they run; the report lists those that ran.
-STEPS = ("load", "lora_load", "lora_fusion", "quantise", "place", "attention_check", "compile", "warmup")
+STEPS = (
+    "load", "prepared_cache", "lora_load", "lora_fusion", "quantise", "place", "attention_check", "compile", "warmup"
+)  # fmt: skip
+
+
+def _start_measuring() -> int | None:
+    """The resident set as the cold start begins; the peak is measured from here."""
+    reset_peak()
+    return resident_bytes()
 
 
 @dataclass
@@ -28,6 +37,7 @@ class ColdStart:
     seconds: dict[str, float] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    rss_before: int | None = field(default_factory=_start_measuring)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -41,6 +51,11 @@ class ColdStart:
 
     def total(self) -> float:
         return round(time.perf_counter() - self.started, 3)
+
+    def measure_host_memory(self) -> None:
+        """Record the host memory the cold start took: the resident set before it and its peak since."""
+        self.facts["host_rss_before_bytes"] = self.rss_before
+        self.facts["peak_host_rss_bytes"] = peak_resident_bytes()
 
     def as_dict(self) -> dict:
         return {"seconds": {**self.seconds, "total": self.total()}, **self.facts}

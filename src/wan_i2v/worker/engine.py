@@ -34,14 +34,18 @@ from ..schema import FRAME_MIN, MODES, RESOLUTION_AREAS, WAN_NEGATIVE_PROMPT, Ph
 from .attention import AttentionChoice, apply_attention, pick_attention
 from .coldstart import ColdStart
 from .compile import CompileCache, compile_experts, pick_compile
+from .components import EXPERT_FOLDERS, is_skeleton, load_expert, load_text_encoder, materialise, skeleton_pipeline
 from .lora import Adapter, ExpertLora, fuse, parameter_shapes, parse_lora, read_safetensors
 from .memory import MemoryPlan, Parking, align_storage, choose_plan, module_bytes, quantised_bytes
+from .model_config import check_model_configs
+from .prepared_cache import FORMAT as CACHE_FORMAT
+from .prepared_cache import PreparedCache, file_sha256, package_versions, weights_identity
 from .prompt_cache import PromptCache
-from .quantize import pick_quant, quantize_expert
+from .quantize import count_quantisable, pick_quant, quantize_expert
 from .settings import EngineOptions, parse_step_cache
 from .timing import timed
 from .turbo import load_pair, turbo_scheduler
-from .weights import find_model, find_pair, missing_message
+from .weights import Revision, find_model, find_pair, missing_message
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +116,6 @@ def _vae_dtype(requested: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[requested]
 
 
-def load_pipeline(path: Path, device: torch.device, options: EngineOptions):
-    """The diffusers pipeline from a local folder, on the CPU, in the dtypes this device runs."""
-    import diffusers
-    import transformers
-    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    dtype = _compute_dtype(device)
-    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=_vae_dtype(options.vae_dtype, device))
-    return WanImageToVideoPipeline.from_pretrained(path, vae=vae, dtype=dtype)
-
-
 def _predict(model, model_input: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
     return model(hidden_states=model_input, timestep=timestep, encoder_hidden_states=text_embeds, return_dict=False)[0]
 
@@ -150,6 +141,7 @@ class Engine:
         compiled: str,
         parked: dict[str, Parking],
         cold_start: ColdStart,
+        revision: Revision | None = None,
     ):
         self.pipe, self.device, self.compute_dtype = pipe, device, compute_dtype
         self.model, self.options = model, options
@@ -163,6 +155,7 @@ class Engine:
         self.prompts = PromptCache(options.prompt_cache)
         self.step_cache = parse_step_cache(options.step_cache)
         self.cold_start = cold_start
+        self.revision = revision or Revision()  # where the weights came from (each job's `model_revision`)
 
     # ---- cold start ---------------------------------------------------------------------------------
     @classmethod
@@ -171,18 +164,27 @@ class Engine:
         cold = ColdStart()
         with cold.step("load"):
             found = find_model(model, options.model_places)
-            log.info("weights: %s (%s)", found.path, found.source)
+            check_model_configs(found.path)  # before any weight is read
             device = pick_device(options.device)
-            pipe = load_pipeline(found.path, device, options)
+            pipe = skeleton_pipeline(found.path, _compute_dtype(device), _vae_dtype(options.vae_dtype, device))
+        log.info("weights: %s (%s): %s", found.path, found.source, found.revision.line())
         cold.facts["weights"] = f"{found.source}: {found.path}"
-        path = found.path
-        return cls.prepare(pipe, options, model=model, model_path=path, cold=cold)
+        cold.facts["model_revision"] = found.revision.as_dict()
+        return cls.prepare(pipe, options, model=model, model_path=found.path, cold=cold, revision=found.revision)
 
     @classmethod
     def prepare(
-        cls, pipe, options: EngineOptions, model: str, model_path: Path | None = None, cold: ColdStart | None = None
+        cls,
+        pipe,
+        options: EngineOptions,
+        model: str,
+        model_path: Path | None = None,
+        cold: ColdStart | None = None,
+        revision: Revision | None = None,
     ) -> Engine:
-        """Make a loaded pipeline ready to serve (also used by bench/, on a pipeline built on the GPU)."""
+        """Make a pipeline ready to serve. Its experts and text encoder may be meta-device stand-ins
+        (`components.skeleton_pipeline`, loaded here one at a time from `model_path`) or real modules (bench/
+        builds them on the GPU)."""
         cold = cold or ColdStart()
         if pipe.transformer is None or pipe.transformer_2 is None or pipe.config.boundary_ratio is None:
             raise ModelNotFoundError(
@@ -226,32 +228,63 @@ class Engine:
             module_bytes(pipe.vae),
             pipe.vae.dtype.itemsize,
         )
-        # One expert at a time: onto the device, the default mode's LoRA fused in there (fast, in fp32),
-        # quantised, and under the swap plan the low-noise one parked before anything else arrives.
+        # The prepared cache serves experts loaded from a folder (not bench/'s, built in memory).
+        cache = PreparedCache(None)
+        if model_path is not None and options.prepared_cache is not None and all(map(is_skeleton, experts.values())):
+            cache = PreparedCache(
+                options.prepared_cache,
+                _cache_inputs(model_path, revision, options, files, quant, dtype, device),
+                keep=options.prepared_cache_keep,
+            )
+        with cold.step("prepared_cache"):
+            hit = cache.lookup(tuple(experts))
+            writer = None if hit else cache.writer(2 * quantised_bytes(pipe.transformer, quant))
+        # One expert at a time: loaded straight to the device (or restored from the prepared cache), the default
+        # mode's LoRA fused in there (fast, in fp32), quantised, and under the swap plan parked before the next.
         parked: dict[str, Parking] = {}
         work_device = device if plan.name != "offload" else torch.device("cpu")  # offload: hooks move it later
         quantised = 0
-        for side, expert in experts.items():
-            with cold.step("place"):
-                expert.to(work_device)
-            if options.default_mode == "turbo":
-                with cold.step("lora_fusion"):
-                    fuse(expert, turbo[side], 1.0)
-            if quant != "none":
-                with cold.step("quantise"):
-                    quantised += quantize_expert(expert, quant)
+        stand_in = {side: is_skeleton(expert) for side, expert in experts.items()}
+        for side, expert in list(experts.items()):
+            restored = False
+            if hit:
+                with cold.step("prepared_cache"):
+                    restored = _restore(cache, side, expert, work_device, quant)
+            if restored:
+                quantised += count_quantisable(expert) if quant != "none" else 0
+            else:
+                with cold.step("load" if stand_in[side] else "place"):
+                    expert = (
+                        load_expert(model_path, EXPERT_FOLDERS[side], dtype, work_device)
+                        if stand_in[side]
+                        else expert.to(work_device)
+                    )
+                experts[side] = expert
+                setattr(pipe, EXPERT_FOLDERS[side], expert)
+                if options.default_mode == "turbo":
+                    with cold.step("lora_fusion"):
+                        fuse(expert, turbo[side], 1.0)
+                if quant != "none":
+                    with cold.step("quantise"):
+                        quantised += quantize_expert(expert, quant)
             with cold.step("place"):
                 align_storage(expert)  # computes as it will after any park and fetch
+            if writer is not None:
+                with cold.step("prepared_cache"):
+                    writer.add(side, expert)
             if plan.name == "swap":  # parked at once: two bf16 experts need not fit side by side
                 with cold.step("place"):
                     parked[side] = Parking(expert, device, park_now=True)
+        if writer is not None:
+            with cold.step("prepared_cache"):
+                writer.commit()
         if plan.name == "swap":
             with cold.step("place"):
                 parked[HIGH_NOISE].fetch()  # every job starts with the high-noise expert
         if quant != "none":
             cold.facts["quantised_linears"] = quantised
-        with cold.step("place"):
-            parked.update(_place_rest(pipe, plan, device))
+        with cold.step("load" if is_skeleton(pipe.text_encoder) else "place"):
+            parked.update(_place_rest(pipe, plan, device, model_path))
         # The LoRA hooks, registered before compiling, empty between jobs; the turbo pair on the device,
         # ready for a job of the other mode.
         adapters = {side: Adapter(expert) for side, expert in experts.items()}
@@ -264,7 +297,7 @@ class Engine:
             )
             apply_attention(list(experts.values()), attention)
 
-        cache = CompileCache(options.compile_cache if how != "off" else None)
+        compile_cache = CompileCache(options.compile_cache if how != "off" else None)
         cold.facts.update(
             device=str(device),
             default_mode=options.default_mode,
@@ -272,15 +305,17 @@ class Engine:
             memory_plan=f"{plan.name} (text encoder {'on demand' if plan.text_encoder_on_demand else 'resident'}, "
             f"VAE tiling {'on' if plan.vae_tiling else 'off'}; {plan.reason})",
             quantization=quant,
+            prepared_cache=cache.report(),
             attention=f"{attention.backend} (relative L2 {attention.error:.2g} against math attention)",
             compile=how,
-            compile_cache=cache.state() if how != "off" else "unused (not compiling)",
+            compile_cache=compile_cache.state() if how != "off" else "unused (not compiling)",
             step_cache=options.step_cache,
             vae_dtype=str(pipe.vae.dtype).removeprefix("torch."),
         )
+        cold.measure_host_memory()  # the loading is done: what follows runs on the device
         if how != "off":
             with cold.step("compile"):
-                cache.activate()
+                compile_cache.activate()
                 compile_experts(list(experts.values()), how)
 
         engine = cls(
@@ -300,11 +335,12 @@ class Engine:
             how,
             parked,
             cold,
+            revision,
         )
         if options.warmup == "on" or (options.warmup == "auto" and how != "off"):
             with cold.step("warmup"):
                 engine.warm_up()
-                saved = cache.save() if how != "off" else 0
+                saved = compile_cache.save() if how != "off" else 0
             if saved:
                 cold.facts["compile_cache_saved_bytes"] = saved
         log.info("%s", cold.table())
@@ -608,8 +644,44 @@ def _eager(run: Callable[[], Generated]) -> Generated:
     return generated
 
 
-def _place_rest(pipe, plan: MemoryPlan, device: torch.device) -> dict[str, Parking]:
-    """Put the VAE and the text encoder where the plan says (the experts are placed already)."""
+def _restore(cache: PreparedCache, side: str, expert, device: torch.device, quant: str) -> bool:
+    """Fill the stand-in `expert` from the prepared cache: its structure built as a cold start leaves it (the
+    quantised layout made from zeros), then the saved tensors streamed in. False (the entry dropped) when the
+    saved tensors do not fit, so the caller loads and prepares it instead."""
+    try:
+        materialise(expert, device)
+        quantize_expert(expert, quant)
+        cache.restore(side, expert)
+    except (OSError, ValueError) as exc:
+        log.warning("prepared cache %s: %s; loading the weights instead", cache.entry, exc)
+        cache.drop(f"{side}: {exc}")
+        return False
+    return True
+
+
+def _cache_inputs(model_path: Path, revision: Revision | None, options, files, quant: str, dtype, device) -> dict:
+    """Everything that shapes the prepared experts: the prepared cache's fingerprint is their hash."""
+    fused = options.default_mode == "turbo"
+    return {
+        "format": CACHE_FORMAT,
+        "weights": {folder: weights_identity(model_path / folder) for folder in EXPERT_FOLDERS.values()},
+        "revision": {"commit": revision.commit, "dtype": revision.dtype} if revision else None,
+        "default_mode": options.default_mode,
+        "turbo_pair": {side: file_sha256(path) for side, path in files.items()} if fused else None,
+        "quantisation": quant,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": device.type,
+        "versions": package_versions(),
+    }
+
+
+def _place_rest(pipe, plan: MemoryPlan, device: torch.device, model_path: Path | None) -> dict[str, Parking]:
+    """Put the VAE and the text encoder where the plan says (the experts are placed already); a stand-in text
+    encoder is read from `model_path` straight to the device when the plan keeps it there."""
+    if is_skeleton(pipe.text_encoder):
+        resident = plan.name != "offload" and not plan.text_encoder_on_demand
+        dtype = pipe.text_encoder.dtype
+        pipe.text_encoder = load_text_encoder(model_path, dtype, device if resident else torch.device("cpu"))
     for module in (pipe.vae, pipe.text_encoder, getattr(pipe, "image_encoder", None)):
         if module is not None:
             align_storage(module)  # as for the experts: the same numbers whichever plan moves them

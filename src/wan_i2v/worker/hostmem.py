@@ -6,6 +6,9 @@ holes they leave are rarely all reusable, so without a trim a worker's resident 
 job to job although nothing leaks (measured on the tiny model: about 350 MB held after 15 jobs,
 all of it returned by one `malloc_trim`). A worker that grows looks like a leak to the operator and
 can meet the container's memory limit, so the worker trims after every job.
+
+It also measures the cold start's peak resident set (`reset_peak`, `peak_resident_bytes`), which the
+cold-start report carries: loading must not hold the pipeline in host memory on its way to the GPU.
 """
 
 from __future__ import annotations
@@ -35,10 +38,29 @@ def trim_heap() -> bool:
 
 def resident_bytes() -> int | None:
     """This process's resident set size (Linux), or None where /proc is not there."""
+    return _status_bytes("VmRSS:")
+
+
+def reset_peak() -> bool:
+    """Start measuring this process's peak resident set afresh (Linux: VmHWM, reset through clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_resident_bytes() -> int | None:
+    """The largest resident set since the last `reset_peak` (or since the process started), or None."""
+    return _status_bytes("VmHWM:")
+
+
+def _status_bytes(field: str) -> int | None:
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass

@@ -27,6 +27,7 @@ from ..schema import (
     JobInput,
     JobOutput,
     LoraEntry,
+    ModelRevision,
     Phase,
     Timings,
     parse_job_input,
@@ -35,6 +36,7 @@ from ..schema import (
 from .engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams, JobLora
 from .hostmem import resident_bytes, trim_heap
 from .images import fit_image, load_image
+from .lora import text_encoder_key_count
 from .lora_files import LoraFile, LoraStore
 from .netguard import BlockedAddressError
 from .settings import GB, Settings
@@ -184,6 +186,7 @@ class Worker:
             fps=request.fps,
             seed=seed,
             model=self.settings.model,
+            model_revision=_revision(self.engine.revision),
             storage=stored.location,
             timings=Timings(**timings, total=total),
             loras=applied,
@@ -229,9 +232,20 @@ def _fetch_loras(
             field = f"loras[{index}].{side}"
             found = fetch(field, source)
             loras.append(JobLora(EXPERT_OF_SIDE[side], found.path, scale, f"{field} ({found.shown})"))
-            ran[side] = AppliedLoraFile(source=found.shown, scale=scale, sha256=found.sha256)
+            # The engine skips the same keys when it reads the file (lora.parse_lora); counted here from the header.
+            ran[side] = AppliedLoraFile(
+                source=found.shown,
+                scale=scale,
+                sha256=found.sha256,
+                skipped_text_encoder_keys=text_encoder_key_count(found.path),
+            )
         applied.append(AppliedLora(**ran))
     return loras, applied
+
+
+def _revision(revision) -> ModelRevision | None:
+    facts = {name: value for name, value in revision.as_dict().items() if value is not None}
+    return ModelRevision(**facts) if facts else None
 
 
 def build_worker(settings: Settings | None = None, progress: ProgressSink | None = None) -> Worker:

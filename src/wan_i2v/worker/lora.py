@@ -1,19 +1,26 @@
 """LoRA files for the Wan2.2 experts: read safely, map onto an expert, fuse into it or attach for one job.
 
-Three key layouts are read:
+These key layouts are read:
 - the original Wan layout of the lightx2v files and of ComfyUI (`diffusion_model.blocks.N.self_attn.q.lora_down.weight`,
   `lora_up.weight`, optional `alpha`, and full deltas `.diff` for weights, `.diff_b` for biases and
-  `.diff_m` for modulation tables), as LightX2V's extractor writes them;
+  `.diff_m` for modulation tables), as LightX2V's extractor writes them; ai-toolkit writes the same names
+  with PEFT's halves (`diffusion_model.blocks.N.self_attn.q.lora_A.weight`, `lora_B.weight`, no alpha);
+- DiffSynth-Studio's: PEFT's halves with PEFT's adapter name, on the original names without a prefix
+  (`blocks.N.self_attn.q.lora_A.default.weight`, `lora_B.default.weight`, no alpha; `pipe.dit.` in front
+  when the trainer was not told to strip it);
 - the kohya layout of musubi-tuner, the common Wan trainer (`lora_unet_blocks_N_self_attn_q.lora_down.weight`,
-  `lora_up.weight`, `alpha`): the original names with dots flattened to underscores;
+  `lora_up.weight`, `alpha`): the original names with dots flattened to underscores; some files flatten
+  only part of the name (`lora_unet_blocks_N.self_attn.q.lora_down.weight`), which reads the same;
 - the diffusers/PEFT layout (`transformer.blocks.N.attn1.to_q.lora_A.weight`, `lora_B.weight`, `lora_B.bias`).
 
-diffusers converts the first two layouts too, but drops the norm and modulation deltas that the lightx2v
-files carry (see the README's turbo section) and refuses kohya files that skip a layer, so the mapping
+diffusers converts the original and kohya layouts too, but drops the norm and modulation deltas that the
+lightx2v files carry (see the README's turbo section) and refuses kohya files that skip a layer, so the mapping
 is ours; tests check it against diffusers' own conversion on the keys both handle. Keys for Wan2.1's
 image branch (`k_img`, `v_img`, `norm_k_img`, `img_emb`), which the lightx2v low-noise file and LoRAs
-trained on Wan2.1 carry but Wan2.2 I2V-A14B does not have, are skipped; any other key that fits no
-module, or a shape that does not fit, is an error naming the key.
+trained on Wan2.1 carry but Wan2.2 I2V-A14B does not have, are skipped, and so are a kohya file's keys for a
+text encoder (`lora_te_`, `lora_te1_`, ...: the worker's LoRAs change the two experts only), counted in
+`ExpertLora.text_encoder_keys`; any other key that fits no module, or a shape that does not fit, is an
+error naming the key. DoRA files are refused.
 """
 
 from __future__ import annotations
@@ -70,7 +77,24 @@ KOHYA_NAMES = [
     (re.compile(r"^patch_embedding$"), "patch_embedding"),
 ]
 KOHYA_PREFIX = "lora_unet_"
-KOHYA_ABSENT_BRANCH = re.compile(r"(^|_)(k_img|v_img|norm_k_img|img_emb)(_|$)")
+# Checked on the whole key after the prefix: "_" or "." around it (the name may be flattened only in part).
+KOHYA_ABSENT_BRANCH = re.compile(r"(^|[_.])(k_img|v_img|norm_k_img|img_emb)([_.]|$)")
+# A kohya (sd-scripts lineage) file's text-encoder keys: lora_te_ (one encoder), lora_te1_, lora_te2_, ...
+TEXT_ENCODER_KEY = re.compile(r"^lora_te\d*_")
+# Prefixes in front of the module names: the original Wan names follow the first two (`pipe.dit.`:
+# DiffSynth-Studio without --remove_prefix_in_ckpt); after the others, or none, the names tell.
+ORIGINAL_PREFIXES = ("diffusion_model.", "pipe.dit.")
+PREFIXES = (*ORIGINAL_PREFIXES, "base_model.model.", "transformer.")
+# The two halves of a pair as each layout names them (PEFT's adapter name `default` kept by DiffSynth-Studio).
+PAIR_SUFFIXES = {
+    "lora_down.weight": "lora_down.weight",
+    "lora_up.weight": "lora_up.weight",
+    "lora_A.weight": "lora_A.weight",
+    "lora_B.weight": "lora_B.weight",
+    "lora_A.default.weight": "lora_A.weight",
+    "lora_B.default.weight": "lora_B.weight",
+    "lora_B.bias": "lora_B.bias",
+}
 
 
 class LoraError(InputError):
@@ -89,6 +113,24 @@ def read_safetensors(path: Path, shown: str | None = None) -> dict[str, torch.Te
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise LoraError(f"{shown}: not a readable safetensors file ({exc})") from None
+
+
+def is_text_encoder_key(key: str) -> bool:
+    """A kohya file's key for a text encoder (`lora_te_...`, `lora_te1_...`): skipped, the experts have no such layer."""
+    return TEXT_ENCODER_KEY.match(key) is not None
+
+
+def text_encoder_key_count(path: Path) -> int:
+    """How many text-encoder keys `parse_lora` will skip in this file, from its header alone (milliseconds,
+    no tensor read); 0 for a file that cannot be opened (reading it for the job then names the problem)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            keys = file.keys()
+    except (SafetensorError, OSError, ValueError):
+        return 0
+    return sum(1 for key in keys if is_text_encoder_key(key))
 
 
 def kohya_to_original(flat: str) -> str | None:
@@ -124,7 +166,8 @@ class ExpertLora:
     source: str
     low_rank: dict[str, LowRank] = field(default_factory=dict)  # Linear module path -> pair
     diffs: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter path -> full delta
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # keys of Wan2.1's image branch
+    text_encoder_keys: list[str] = field(default_factory=list)  # a kohya file's lora_te* keys, skipped
 
     def to(self, device: torch.device, dtype: torch.dtype) -> ExpertLora:
         return ExpertLora(
@@ -132,16 +175,40 @@ class ExpertLora:
             {k: LowRank(v.down.to(device, dtype), v.up.to(device, dtype), v.scale) for k, v in self.low_rank.items()},
             {k: v.to(device, dtype) for k, v in self.diffs.items()},
             self.skipped,
+            self.text_encoder_keys,
         )
 
 
 def _split(key: str) -> tuple[str, str]:
-    """('blocks.0.self_attn.q', 'lora_down.weight') for an original-layout key without its prefix."""
-    for suffix in ("lora_down.weight", "lora_up.weight", "lora_A.weight", "lora_B.weight", "lora_B.bias"):
+    """('blocks.0.self_attn.q', 'lora_down.weight') for an original-layout key without its prefix; PEFT's
+    adapter name dropped (`lora_A.default.weight` -> `lora_A.weight`), a modulation delta named as a parameter
+    (`blocks.0.diff_m` -> `blocks.0.modulation`, 'diff')."""
+    for suffix, canonical in PAIR_SUFFIXES.items():
         if key.endswith("." + suffix):
-            return key[: -len(suffix) - 1], suffix
+            return key[: -len(suffix) - 1], canonical
     module, _, suffix = key.rpartition(".")
+    if suffix == "diff_m":  # blocks.N.diff_m and head.diff_m: the modulation table of that module
+        return (f"{module}.modulation" if module else "modulation"), "diff"
     return module, suffix
+
+
+def _bare(key: str) -> str:
+    """The key without the prefix in front of its module name (`diffusion_model.`, `transformer.`, ...)."""
+    for prefix in PREFIXES:
+        key = key.removeprefix(prefix)
+    return key
+
+
+def _original_names(bare_keys: list[str], modules: dict, parameters: dict) -> bool:
+    """Whether keys without a telling prefix name the original Wan modules (DiffSynth-Studio's files,
+    PEFT on the original model): some name is none of the expert's own but has the form of an original one."""
+    for bare in bare_keys:
+        module_name, _ = _split(bare)
+        if module_name in modules or module_name in parameters or ABSENT_BRANCH.search(bare):
+            continue
+        if diffusers_name(module_name) is not None:
+            return True
+    return False
 
 
 def parameter_shapes(expert: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -159,23 +226,37 @@ def parse_lora(
     expert's own, see `parameter_shapes`); LoraError naming what does not fit."""
     if not state:
         raise LoraError(f"{source}: holds no tensors")
-    if any(k.endswith("dora_scale") for k in state):
-        raise LoraError(f"{source}: a DoRA file (dora_scale keys); only plain LoRA files are supported")
+    for marker in ("dora_scale", "lora_magnitude_vector"):  # kohya's and PEFT's names for DoRA's magnitudes
+        if any(k.endswith(marker) or f".{marker}." in k for k in state):
+            raise LoraError(f"{source}: a DoRA file ({marker} keys); only plain LoRA files are supported")
     result = ExpertLora(source)
+    result.text_encoder_keys = [k for k in state if is_text_encoder_key(k)]
+    if result.text_encoder_keys:
+        state = {k: v for k, v in state.items() if not is_text_encoder_key(k)}
+        if not state:
+            raise LoraError(
+                f"{source}: holds only text-encoder keys (lora_te*); the worker's LoRAs change the experts only"
+            )
+        log.info(
+            "%s: %d text-encoder keys (lora_te*) skipped; the worker's LoRAs change the two experts only",
+            source,
+            len(result.text_encoder_keys),
+        )
     if any(k.startswith(KOHYA_PREFIX) for k in state):
         state = _from_kohya(state, source, result.skipped)
-    original = any(k.startswith("diffusion_model.") for k in state)
     modules = dict(expert.named_modules())
     parameters = shapes if shapes is not None else parameter_shapes(expert)
+    bare_keys = {key: _bare(key) for key in state}
+    original = any(k.startswith(ORIGINAL_PREFIXES) for k in state) or _original_names(
+        list(bare_keys.values()), modules, parameters
+    )
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
-        bare = key.removeprefix("diffusion_model.").removeprefix("base_model.model.").removeprefix("transformer.")
+        bare = bare_keys[key]
         if ABSENT_BRANCH.search(bare):
             result.skipped.append(key)
             continue
         module_name, suffix = _split(bare)
-        if suffix == "diff_m":  # blocks.N.diff_m and head.diff_m: the modulation table of that module
-            module_name, suffix = f"{module_name}.modulation" if module_name else "modulation", "diff"
         name = diffusers_name(module_name) if original else module_name
         if name is None or (name not in modules and name not in parameters):
             raise LoraError(f"{source}: key {key!r} fits no module of Wan2.2 I2V-A14B")
@@ -238,17 +319,31 @@ def _from_kohya(state: dict[str, torch.Tensor], source: str, skipped: list[str])
     keys of Wan2.1's image branch go to `skipped`."""
     renamed = {}
     for key, tensor in state.items():
-        flat, dot, suffix = key.removeprefix(KOHYA_PREFIX).partition(".")
-        if not key.startswith(KOHYA_PREFIX) or not dot:
+        rest = key.removeprefix(KOHYA_PREFIX)
+        if not key.startswith(KOHYA_PREFIX) or "." not in rest:
             raise LoraError(f"{source}: key {key!r} mixes layouts; a kohya file has only lora_unet_* keys")
-        if KOHYA_ABSENT_BRANCH.search(flat):
+        if KOHYA_ABSENT_BRANCH.search(rest):
             skipped.append(key)
             continue
-        original = kohya_to_original(flat)
-        if original is None:
+        found = _kohya_module(rest)
+        if found is None:
             raise LoraError(f"{source}: key {key!r} fits no module of Wan2.2 I2V-A14B")
+        original, suffix = found
         renamed[f"diffusion_model.{original}.{suffix}"] = tensor
     return renamed
+
+
+def _kohya_module(rest: str) -> tuple[str, str] | None:
+    """('blocks.22.self_attn.k', 'lora_down.weight') for `blocks_22_self_attn_k.lora_down.weight` and for the
+    same name flattened only in part (`blocks_22.self_attn.k.lora_down.weight`): the shortest head, up to a
+    dot, that names a module once flattened. No module name is the head of another, so this is unambiguous."""
+    dot = rest.find(".")
+    while dot != -1:
+        original = kohya_to_original(rest[:dot].replace(".", "_"))
+        if original is not None:
+            return original, rest[dot + 1 :]
+        dot = rest.find(".", dot + 1)
+    return None
 
 
 @torch.no_grad()

@@ -111,12 +111,26 @@ def choose_plan(
     return MemoryPlan(name, not text_resident, tiling, facts)
 
 
-def _leaves(t: torch.Tensor) -> list[torch.Tensor]:
-    """The plain tensors holding a tensor's data: itself, or a tensor subclass's inner ones (torchao's fp8/int8)."""
+def named_leaves(t: torch.Tensor, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """The plain tensors holding a tensor's data, each with its path inside `t` (`""` for `t` itself, `":qdata"`
+    for a tensor subclass's inner tensor, torchao's fp8 and int8 weights being such subclasses)."""
     if type(t) in (torch.Tensor, torch.nn.Parameter) or not hasattr(t, "__tensor_flatten__"):
-        return [t]
+        return [(prefix, t)]
     names, _ = t.__tensor_flatten__()
-    return [leaf for name in names for leaf in _leaves(getattr(t, name))]
+    return [pair for name in names for pair in named_leaves(getattr(t, name), f"{prefix}:{name}")]
+
+
+def _leaves(t: torch.Tensor) -> list[torch.Tensor]:
+    return [leaf for _, leaf in named_leaves(t)]
+
+
+def module_leaves(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every plain tensor of `module`'s parameters and buffers (non-persistent ones too), by a unique name."""
+    return {
+        name + path: leaf
+        for name, t in (*module.named_parameters(), *module.named_buffers())
+        for path, leaf in named_leaves(t)
+    }
 
 
 def align_storage(module: torch.nn.Module, align: int = 64) -> int:

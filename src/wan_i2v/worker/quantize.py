@@ -66,6 +66,11 @@ def quantize_expert(expert: torch.nn.Module, kind: str) -> int:
         if kind == "fp8"
         else Int8DynamicActivationInt8WeightConfig()
     )
-    names = [name for name, module in expert.named_modules() if _block_linear(module, name)]
+    count = count_quantisable(expert)
     quantize_(expert, config, filter_fn=_block_linear)
-    return len(names)
+    return count
+
+
+def count_quantisable(expert: torch.nn.Module) -> int:
+    """The expert's linear layers that quantisation covers (the repeated blocks')."""
+    return sum(1 for name, module in expert.named_modules() if _block_linear(module, name))

@@ -25,8 +25,9 @@ class LayoutError(ValueError):
     """What is wrong with the file (the caller names the file)."""
 
 
-def check_layout(path: Path) -> None:
-    """Raise LayoutError unless `path` is a whole, well-formed safetensors file."""
+def check_layout(path: Path) -> dict:
+    """Raise LayoutError unless `path` is a whole, well-formed safetensors file; return its header (the
+    tensors' entries, `__metadata__` included), with each tensor's `data_offsets` made absolute in the file."""
     size = path.stat().st_size
     with path.open("rb") as file:
         head = file.read(8)
@@ -53,6 +54,11 @@ def check_layout(path: Path) -> None:
         position = end
     if position != data_bytes:
         raise LayoutError(f"corrupt: {data_bytes - position} bytes after the last tensor")
+    start = 8 + length
+    for name, info in header.items():
+        if name != "__metadata__":
+            info["data_offsets"] = [start + info["data_offsets"][0], start + info["data_offsets"][1]]
+    return header
 
 
 def _span(info, name: str) -> tuple[int, int]:

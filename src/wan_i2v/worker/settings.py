@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +37,15 @@ class EngineOptions:
     quant: str = "auto"  # WAN_QUANT: auto | fp8 | int8 | none
     compile: str = "auto"  # WAN_COMPILE: auto | off | dynamic | static
     compile_cache: Path | None = None  # WAN_COMPILE_CACHE: directory kept across cold starts
+    prepared_cache: Path | None = None  # WAN_PREPARED_CACHE: prepared experts kept across cold starts; None: off
+    prepared_cache_keep: int = 2  # WAN_PREPARED_CACHE_KEEP: entries (fingerprints) kept, least recently used go
     memory_plan: str = "auto"  # WAN_MEMORY_PLAN: auto | resident | swap | offload
     attention: str = "auto"  # WAN_ATTENTION: auto, or a diffusers backend name (checked at cold start)
     step_cache: str = "none"  # WAN_STEP_CACHE: none | fbc:THRESHOLD (quality mode only)
     vae_dtype: str = "auto"  # WAN_VAE_DTYPE: auto (bf16 on a GPU) | bf16 | fp32
     prompt_cache: int = 64  # WAN_PROMPT_CACHE: text embeddings kept (0 turns the cache off)
     warmup: str = "auto"  # WAN_WARMUP: auto (on when compiling) | on | off
-    model_places: ModelPlaces = ModelPlaces()  # WAN_RUNPOD_CACHE, WAN_VOLUME_MODEL, WAN_BAKED_MODEL
+    model_places: ModelPlaces = ModelPlaces()  # WAN_RUNPOD_CACHE, WAN_VOLUME_MODEL, WAN_BAKED_MODEL, WAN_MODEL_REVISION
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineOptions:
@@ -54,6 +57,9 @@ class EngineOptions:
         entries = env_int(env, "WAN_PROMPT_CACHE", cls.prompt_cache)
         if entries < 0:
             raise SettingsError(f"WAN_PROMPT_CACHE={entries}: allowed 0 or more")
+        keep = env_int(env, "WAN_PREPARED_CACHE_KEEP", cls.prepared_cache_keep)
+        if keep < 1:
+            raise SettingsError(f"WAN_PREPARED_CACHE_KEEP={keep}: allowed 1 or more")
         return cls(
             device=env.get("WAN_DEVICE") or None,
             default_mode=choice("WAN_DEFAULT_MODE", "quality", ("quality", "turbo")),
@@ -61,6 +67,8 @@ class EngineOptions:
             quant=choice("WAN_QUANT", "auto", QUANT_CHOICES),
             compile=choice("WAN_COMPILE", "auto", COMPILE_CHOICES),
             compile_cache=Path(env["WAN_COMPILE_CACHE"]) if env.get("WAN_COMPILE_CACHE") else default_compile_cache(),
+            prepared_cache=prepared_cache_dir(env.get("WAN_PREPARED_CACHE") or None),
+            prepared_cache_keep=keep,
             memory_plan=choice("WAN_MEMORY_PLAN", "auto", ("auto", *PLANS)),
             attention=env.get("WAN_ATTENTION") or "auto",
             step_cache=step_cache,
@@ -71,8 +79,16 @@ class EngineOptions:
                 runpod_cache=Path(env.get("WAN_RUNPOD_CACHE") or RUNPOD_CACHE),
                 volume=Path(env["WAN_VOLUME_MODEL"]) if env.get("WAN_VOLUME_MODEL") else None,
                 baked=Path(env.get("WAN_BAKED_MODEL") or BAKED),
+                revision=model_revision(env.get("WAN_MODEL_REVISION") or None),
             ),
         )
+
+
+def model_revision(value: str | None) -> str | None:
+    """WAN_MODEL_REVISION: a whole commit hash (a branch name would move under a running endpoint)."""
+    if value is not None and not re.fullmatch(r"[0-9a-f]{40}", value):
+        raise SettingsError(f"WAN_MODEL_REVISION={value!r}: allowed a commit hash of 40 hex digits, or unset (any)")
+    return value
 
 
 def default_compile_cache() -> Path | None:
@@ -81,6 +97,16 @@ def default_compile_cache() -> Path | None:
     if VOLUME.is_dir():
         return VOLUME / "torch-compile"
     return IMAGE_CACHE / "torch-compile" if IMAGE_CACHE.is_dir() else None
+
+
+def prepared_cache_dir(value: str | None) -> Path | None:
+    """WAN_PREPARED_CACHE: a folder, or `off`. Unset: on the network volume when there is one, else off: a
+    container disk starts empty at every cold start, so an entry written there would never be read again."""
+    if value == "off":
+        return None
+    if value is not None:
+        return Path(value)
+    return VOLUME / "prepared-experts" if VOLUME.is_dir() else None
 
 
 def parse_step_cache(value: str) -> float | None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
 from .safetensors_layout import LayoutError, check_layout
 
+log = logging.getLogger(__name__)
+
 RUNPOD_CACHE = Path("/runpod-volume/huggingface-cache/hub")  # where RunPod puts an endpoint's cached model
 VOLUME_MODELS = Path("/runpod-volume/models")  # a network volume's model folders (fetch_weights.py --dest)
 BAKED = Path("/models/wan")  # where the Dockerfile's build bakes the weights
+PROVENANCE = "provenance.json"  # where a copy came from, written beside model_index.json by builder/
 BAKE = (
     "Give the endpoint the model in RunPod's model cache, copy it to a network volume "
     "(`python builder/fetch_weights.py --dest /runpod-volume/models/Wan2.2-I2V-A14B-Diffusers`), or bake it "
@@ -40,7 +44,7 @@ def missing_parts(path: Path) -> list[str]:
 
     Besides each component's files, every shard its `*.safetensors.index.json` names must be there, and
     every weight file must pass the safetensors layout check (a copy cut short fails here, at once,
-    rather than as an obscure error half-way through loading 65 GB)."""
+    rather than as an obscure error half-way through loading 69 GB or more)."""
     missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
     for component, patterns in REQUIRED_COMPONENTS.items():
         for pattern in patterns:
@@ -77,15 +81,38 @@ def broken_files(folder: Path) -> list[tuple[Path, str]]:
 
 @dataclass(frozen=True)
 class ModelPlaces:
-    """Where a hub id's weights may already be on disk, looked at in this order after an explicit directory."""
+    """Where a hub id's weights may already be on disk, looked at in this order after an explicit directory,
+    and which commit of them is wanted."""
 
     runpod_cache: Path = RUNPOD_CACHE  # WAN_RUNPOD_CACHE: RunPod's cached models (an endpoint's "model" setting)
     volume: Path | None = None  # WAN_VOLUME_MODEL; default /runpod-volume/models/<repo name>
     baked: Path = BAKED  # WAN_BAKED_MODEL: where the image's build put them
     local_cache: bool = True  # the local Hugging Face cache (HF_HOME)
+    revision: str | None = None  # WAN_MODEL_REVISION: the commit (40 hex digits) to serve; None: any
 
     def volume_folder(self, repo_id: str) -> Path:
         return self.volume if self.volume is not None else VOLUME_MODELS / repo_id.split("/")[-1]
+
+
+@dataclass(frozen=True)
+class Revision:
+    """Where a copy of the weights came from: the provenance file `builder/fetch_weights.py` writes, or for a
+    Hugging Face cache snapshot (RunPod's model cache, the local cache) its folder names. Unknown fields are None."""
+
+    repo: str | None = None
+    commit: str | None = None
+    dtype: str | None = None  # "bf16" (our converted copy), "as-published" (fp32 for this model), "fp32" (tiny)
+    date: str | None = None  # when the copy was made (ISO 8601, UTC)
+
+    def as_dict(self) -> dict:
+        return {"repo": self.repo, "commit": self.commit, "dtype": self.dtype, "date": self.date}
+
+    def line(self) -> str:
+        if self.repo is None and self.commit is None:
+            return "unknown (no provenance.json; not a Hugging Face cache snapshot)"
+        return f"{self.repo or '?'} at {self.commit or 'an unknown commit'}, {self.dtype or 'dtype unknown'}" + (
+            f", copied {self.date}" if self.date else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -94,32 +121,94 @@ class FoundModel:
     source: (
         str  # "directory", "RunPod model cache", "network volume", "baked into the image", "local Hugging Face cache"
     )
+    revision: Revision = Revision()
 
 
 def is_hub_id(model: str) -> bool:
     return model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/"))
 
 
-def runpod_snapshot(root: Path, repo_id: str) -> Path | str:
-    """The snapshot RunPod's model cache holds for `repo_id` (through refs/main), or why there is none."""
+def read_revision(path: Path) -> Revision:
+    """The provenance of the copy in `path`; ModelNotFoundError when its provenance file is unreadable. In a
+    Hugging Face cache snapshot the folder names give the repository and the commit."""
+    record, facts = path / PROVENANCE, {}
+    if record.is_file():
+        try:
+            facts = json.loads(record.read_text())
+            if not isinstance(facts, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(f"{record}: unreadable ({exc}); write it again with builder/fetch_weights.py")
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        repo = path.parent.parent.name.removeprefix("models--").replace("--", "/")
+        facts = {"dtype": "as-published", **facts, "repo": repo, "commit": path.name}
+    return Revision(**{name: _text(facts.get(name)) for name in ("repo", "commit", "dtype", "date")})
+
+
+def _text(value) -> str | None:
+    return str(value) if value is not None else None
+
+
+def revision_matches(wanted: str | None, revision: Revision) -> str | None:
+    """None when `revision` is the wanted commit (or nothing is wanted); else why not."""
+    if wanted is None:
+        return None
+    if revision.commit is None:
+        return f"its commit is unknown (no {PROVENANCE}), and WAN_MODEL_REVISION={wanted} asks for one"
+    if revision.commit != wanted:
+        return f"it holds commit {revision.commit}, WAN_MODEL_REVISION={wanted}"
+    return None
+
+
+def runpod_snapshot(root: Path, repo_id: str, revision: str | None = None) -> Path | str:
+    """The snapshot RunPod's model cache holds for `repo_id`, or why there is none.
+
+    RunPod documents the layout `models--ORG--NAME/snapshots/<hash>/` and no more: `refs/main` names the
+    snapshot when it is there; without it the one complete snapshot is taken, or the newest complete one
+    when there are several (incomplete ones are logged and skipped). `revision` picks a snapshot by hash.
+    """
     folder = root / f"models--{repo_id.replace('/', '--')}"
     if not folder.is_dir():
         return f"no {folder.name} in {root}"
+    snapshots = folder / "snapshots"
+    names = sorted(p.name for p in snapshots.iterdir() if p.is_dir()) if snapshots.is_dir() else []
+    if revision is not None:
+        if revision not in names:
+            return f"{folder}: no snapshots/{revision} for WAN_MODEL_REVISION (have: {', '.join(names) or 'none'})"
+        return snapshots / revision
     ref = folder / "refs" / "main"
-    if not ref.is_file():
-        return f"{folder}: no refs/main to name the snapshot"
-    commit = ref.read_text().strip()
-    snapshot = folder / "snapshots" / commit
-    if not commit or "/" in commit or not snapshot.is_dir():
-        return f"{folder}: refs/main names {commit!r}, but snapshots/{commit} is missing"
-    return snapshot
+    if ref.is_file():
+        commit = ref.read_text().strip()
+        snapshot = snapshots / commit
+        if not commit or "/" in commit or not snapshot.is_dir():
+            return f"{folder}: refs/main names {commit!r}, but snapshots/{commit} is missing"
+        return snapshot
+    complete, skipped = [], []
+    for name in names:
+        missing = missing_parts(snapshots / name)
+        if missing:
+            skipped.append(f"snapshots/{name} lacks {', '.join(missing)}")
+        else:
+            complete.append(snapshots / name)
+    for reason in skipped:
+        log.warning("RunPod model cache %s: %s; skipped", folder, reason)
+    if not complete:
+        return f"{folder}: no refs/main and no complete snapshot ({'; '.join(skipped) or 'snapshots/ is empty'})"
+    newest = max(complete, key=lambda p: (p.stat().st_mtime, p.name))
+    log.info(
+        "RunPod model cache %s: no refs/main; using snapshot %s (%s)",
+        folder,
+        newest.name,
+        "the only complete one" if len(complete) == 1 else f"the newest of {len(complete)} complete ones",
+    )
+    return newest
 
 
 def find_model(model: str, places: ModelPlaces | None = None) -> FoundModel:
     """A complete local copy of `model`, never downloading: WAN_MODEL itself when it is a directory (it
     must be complete: no silent fallback); for a hub id, in order, RunPod's model cache, a network volume
-    folder, the image's baked folder, the local Hugging Face cache. ModelNotFoundError lists each place
-    and what it lacked."""
+    folder, the image's baked folder, the local Hugging Face cache. With WAN_MODEL_REVISION only a copy of
+    that commit is taken. ModelNotFoundError lists each place and what it lacked."""
     places = places or ModelPlaces()
     candidate = Path(model).expanduser()
     if candidate.is_dir() or not is_hub_id(model):
@@ -131,16 +220,26 @@ def find_model(model: str, places: ModelPlaces | None = None) -> FoundModel:
                 f"WAN_MODEL={model!r} (directory {candidate.resolve()}) is not a complete Wan2.2 I2V diffusers "
                 f"pipeline; missing: {', '.join(missing)}. {BAKE}"
             )
-        return FoundModel(candidate, "directory")
+        revision = read_revision(candidate)
+        wrong = revision_matches(places.revision, revision)
+        if wrong:
+            raise ModelNotFoundError(f"WAN_MODEL={model!r} (directory {candidate.resolve()}): {wrong}")
+        return FoundModel(candidate, "directory", revision)
     looked = []
     for source, path in _hub_places(model, places):
         if isinstance(path, str):
             looked.append(f"{source}: {path}")
             continue
         missing = missing_parts(path)
-        if not missing:
-            return FoundModel(path, source)
-        looked.append(f"{source}: {path} is incomplete, missing {', '.join(missing)}")
+        if missing:
+            looked.append(f"{source}: {path} is incomplete, missing {', '.join(missing)}")
+            continue
+        revision = read_revision(path)
+        wrong = revision_matches(places.revision, revision)
+        if wrong:
+            looked.append(f"{source}: {path}: {wrong}")
+            continue
+        return FoundModel(path, source, revision)
     raise ModelNotFoundError(
         f"WAN_MODEL={model!r}: no complete copy on this machine, and nothing is downloaded at run time. "
         f"Looked at, in order: {'; '.join(looked)}. {BAKE}"
@@ -149,22 +248,22 @@ def find_model(model: str, places: ModelPlaces | None = None) -> FoundModel:
 
 def _hub_places(repo_id: str, places: ModelPlaces):
     """(source, folder or why there is none) for each place a hub id may be, in order; lazily."""
-    yield "RunPod model cache", runpod_snapshot(places.runpod_cache, repo_id)
+    yield "RunPod model cache", runpod_snapshot(places.runpod_cache, repo_id, places.revision)
     volume = places.volume_folder(repo_id)
     yield "network volume", volume if volume.is_dir() else f"no folder {volume}"
     yield "baked into the image", places.baked if places.baked.is_dir() else f"no folder {places.baked}"
     if places.local_cache:
-        yield "local Hugging Face cache", _local_snapshot(repo_id)
+        yield "local Hugging Face cache", _local_snapshot(repo_id, places.revision)
 
 
-def _local_snapshot(repo_id: str) -> Path | str:
+def _local_snapshot(repo_id: str, revision: str | None) -> Path | str:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        return f"no snapshot in {constants.HF_HUB_CACHE}"
+        return f"no snapshot{f' of {revision}' if revision else ''} in {constants.HF_HUB_CACHE}"
 
 
 def resolve_model(model: str, places: ModelPlaces | None = None) -> Path:
