@@ -24,26 +24,26 @@ print(json.dumps({
     "rest": module_bytes(pipe.text_encoder) + module_bytes(pipe.vae),
 }))
 """
-WRITE = """
-import sys
-import torch
-sys.path.insert(0, sys.argv[2])
-from tiny_model import build_pipeline
-from wan_i2v.worker.components import cast_as_loaded
-# Wider and deeper than the tiny model (about 140 MB per expert in fp32), stored in bf16 as the worker's own
-# copy is: loading it in fp32 on the CPU makes real copies of every weight, so a second copy would show.
-pipe = build_pipeline(0, num_attention_heads=4, attention_head_dim=128, ffn_dim=2048, num_layers=8)
-for expert in (pipe.transformer, pipe.transformer_2):
-    cast_as_loaded(expert, torch.bfloat16)
-pipe.save_pretrained(sys.argv[1], safe_serialization=True, max_shard_size="50MB")
-"""
 MIB = 1 << 20
 
 
 @pytest.mark.load  # two fresh processes and a 280 MB model: the load tier's kind of test
 def test_a_cold_start_holds_at_most_one_expert_beyond_what_the_worker_keeps(tmp_path):
+    import torch
+
+    sys.path.insert(0, str(ROOT / "builder"))
+    from tiny_model import build_pipeline
+
+    from wan_i2v.worker.components import cast_as_loaded
+
+    # Wider and deeper than the tiny model (about 140 MB per expert in fp32), stored in bf16 as the worker's own
+    # copy is: loading it in fp32 on the CPU makes real copies of every weight, so a second copy would show.
     model = tmp_path / "wide"
-    subprocess.run([sys.executable, "-c", WRITE, str(model), str(ROOT / "builder")], check=True, timeout=300)
+    pipe = build_pipeline(0, num_attention_heads=4, attention_head_dim=128, ffn_dim=2048, num_layers=8)
+    for expert in (pipe.transformer, pipe.transformer_2):
+        cast_as_loaded(expert, torch.bfloat16)
+    pipe.save_pretrained(model, safe_serialization=True, max_shard_size="50MB")
+    del pipe
     done = subprocess.run([sys.executable, "-c", CHILD, str(model)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     facts = json.loads(done.stdout.strip().splitlines()[-1])
