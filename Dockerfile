@@ -33,7 +33,7 @@ ARG WAN_TURBO_LORA_REPO=lightx2v/Wan2.2-Distill-Loras
 ARG WAN_TURBO_LORA_FILES=wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors,wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors
 COPY builder/fetch_weights.py builder/fetch_weights.py
 COPY src/wan_i2v/__init__.py src/wan_i2v/errors.py src/wan_i2v/files.py src/wan_i2v/
-COPY src/wan_i2v/worker/__init__.py src/wan_i2v/worker/weights.py src/wan_i2v/worker/safetensors_layout.py src/wan_i2v/worker/model_config.py src/wan_i2v/worker/
+COPY src/wan_i2v/worker/__init__.py src/wan_i2v/worker/weights.py src/wan_i2v/worker/safetensors_layout.py src/wan_i2v/worker/model_config.py src/wan_i2v/worker/components.py src/wan_i2v/worker/
 RUN if [ "${WAN_BAKE_WEIGHTS}" = "true" ]; then \
         python builder/fetch_weights.py --model "${WAN_MODEL_ID}" --revision "${WAN_MODEL_REVISION}" --dtype "${WAN_WEIGHTS_DTYPE}" \
             --dest /models/wan --turbo-lora-repo "${WAN_TURBO_LORA_REPO}" --turbo-lora-files "${WAN_TURBO_LORA_FILES}"; \

@@ -39,6 +39,7 @@ if importlib.util.find_spec("wan_i2v") is None:  # run from a checkout without t
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from wan_i2v.errors import ModelConfigError  # noqa: E402
+from wan_i2v.worker.components import fp32_parts, kept_fp32  # noqa: E402
 from wan_i2v.worker.model_config import check_model_configs  # noqa: E402
 from wan_i2v.worker.safetensors_layout import LayoutError, check_layout  # noqa: E402
 from wan_i2v.worker.weights import (  # noqa: E402
@@ -69,17 +70,10 @@ TURBO_FILES = (
 def fp32_modules(component: str) -> list[str]:
     """The module names whose parameters loading in bf16 keeps in fp32, for one component folder."""
     if component.startswith("transformer"):
-        from diffusers import WanTransformer3DModel
-
-        return list(WanTransformer3DModel._keep_in_fp32_modules or [])
-    from transformers import UMT5EncoderModel
-
-    return list(getattr(UMT5EncoderModel, "_keep_in_fp32_modules_strict", None) or [])
-
-
-def kept_fp32(key: str, keep: list[str]) -> bool:
-    """diffusers' rule: a dotted part of the parameter's name is one of the kept modules."""
-    return any(part in keep for part in key.split("."))
+        from diffusers import WanTransformer3DModel as model
+    else:
+        from transformers import UMT5EncoderModel as model
+    return fp32_parts(model)
 
 
 def is_converted(path: Path, keep: list[str]) -> bool:

@@ -43,22 +43,27 @@ def is_skeleton(module: torch.nn.Module | None) -> bool:
     return module is not None and any(p.is_meta for p in module.parameters())
 
 
-def keeps_fp32(module: torch.nn.Module, name: str) -> bool:
-    """Whether loading in a half dtype keeps parameter `name` in fp32: diffusers' rule for its models (a dotted
-    part of the name in `_keep_in_fp32_modules`); transformers 5.1+ keeps only `_keep_in_fp32_modules_strict`
-    in fp32 at bf16 (none for UMT5)."""
-    if isinstance(module, _diffusers_model_mixin()):
-        keep = module._keep_in_fp32_modules or []
-    else:
-        keep = getattr(module, "_keep_in_fp32_modules_strict", None) or []
-    return any(part in keep for part in name.split("."))
+def fp32_parts(model) -> list[str]:
+    """The module names whose parameters loading in bf16 keeps in fp32, for a model class or instance:
+    diffusers' `_keep_in_fp32_modules`; transformers 5.1+ keeps only `_keep_in_fp32_modules_strict` in fp32 at
+    bf16 (none for UMT5; its `_keep_in_fp32_modules` applies at fp16 only)."""
+    cls = model if isinstance(model, type) else type(model)
+    if issubclass(cls, _diffusers_model_mixin()):
+        return list(model._keep_in_fp32_modules or [])
+    return list(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+
+
+def kept_fp32(name: str, parts: list[str]) -> bool:
+    """diffusers' rule: a dotted part of the parameter's name is one of the kept modules."""
+    return any(part in parts for part in name.split("."))
 
 
 def cast_as_loaded(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Give every floating parameter the dtype `from_pretrained(dtype=...)` would give it."""
+    parts = fp32_parts(module)
     for name, param in module.named_parameters():
         if param.is_floating_point():
-            param.data = param.data.to(torch.float32 if keeps_fp32(module, name) else dtype)
+            param.data = param.data.to(torch.float32 if kept_fp32(name, parts) else dtype)
 
 
 def load_expert(path: Path, folder: str, dtype: torch.dtype, device: torch.device):

@@ -155,25 +155,29 @@ class PreparedCache:
 
     def _stale_or_miss(self) -> tuple[str, str]:
         """("stale", what changed) when an entry of other settings is there, else ("miss", "")."""
-        newest = None
-        for manifest in self.root.glob(f"*/{MANIFEST}") if self.root.is_dir() else ():
-            if manifest.parent.name.startswith(PARTIAL_PREFIX):
-                continue
+        for _, manifest in self._whole_entries():  # the most recently used first
             try:
-                stamp = manifest.stat().st_mtime
                 inputs = json.loads(manifest.read_text()).get("inputs", {})
             except (OSError, ValueError):
                 continue
-            if newest is None or stamp > newest[0]:
-                newest = (stamp, inputs)
-        if newest is None:
-            return "miss", ""
-        changed = [
-            f"{key} {_short(newest[1].get(key))} -> {_short(self.inputs.get(key))}"
-            for key in sorted({*newest[1], *self.inputs})
-            if newest[1].get(key) != self.inputs.get(key)
-        ]
-        return "stale", "; ".join(changed)
+            changed = [
+                f"{key} {_short(inputs.get(key))} -> {_short(self.inputs.get(key))}"
+                for key in sorted({*inputs, *self.inputs})
+                if inputs.get(key) != self.inputs.get(key)
+            ]
+            return "stale", "; ".join(changed)
+        return "miss", ""
+
+    def _whole_entries(self) -> list[tuple[float, Path]]:
+        """(last used, manifest) of every whole entry, the most recently used first; partial ones are not entries."""
+        found = []
+        for manifest in self.root.glob(f"*/{MANIFEST}") if self.root.is_dir() else ():
+            if not manifest.parent.name.startswith(PARTIAL_PREFIX):
+                try:
+                    found.append((manifest.stat().st_mtime, manifest))
+                except OSError:
+                    continue
+        return sorted(found, reverse=True)
 
     @torch.no_grad()
     def restore(self, side: str, expert: torch.nn.Module) -> None:
@@ -234,17 +238,10 @@ class PreparedCache:
 
     def evict(self) -> list[str]:
         """Remove whole entries beyond `keep`, least recently used first; returns their fingerprints."""
-        entries = []
-        for manifest in self.root.glob(f"*/{MANIFEST}"):
-            if not manifest.parent.name.startswith(PARTIAL_PREFIX):
-                try:
-                    entries.append((manifest.stat().st_mtime, manifest.parent))
-                except OSError:
-                    continue
         removed = []
-        for _, entry in sorted(entries, reverse=True)[self.keep :]:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry.name)
+        for _, manifest in self._whole_entries()[self.keep :]:
+            shutil.rmtree(manifest.parent, ignore_errors=True)
+            removed.append(manifest.parent.name)
         return removed
 
 
