@@ -456,6 +456,7 @@ def gone(processes: list[psutil.Process]) -> bool:
     return True
 
 
+@pytest.mark.load  # a kill run: two real workers started and stopped mid-job (the load tier's kind)
 def test_sigterm_stops_an_idle_worker_and_a_running_one(dev_endpoint_process):
     """A process manager's or a test's SIGTERM used to leave the workers polling a dead endpoint."""
     process, url, workers = dev_endpoint_process(2, 2)
@@ -472,6 +473,7 @@ def test_sigterm_stops_an_idle_worker_and_a_running_one(dev_endpoint_process):
     assert process.wait(10) == 0
 
 
+@pytest.mark.load  # a kill run
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_sigkilled_endpoint_still_takes_its_idle_worker_with_it(dev_endpoint_process):
     process, _, workers = dev_endpoint_process(1, 1)
