@@ -219,11 +219,12 @@ class Engine:
         if files is not None:
             with cold.step("lora_load"):
                 turbo = load_pair(files, experts)
+        expert_bytes = quantised_bytes(pipe.transformer, quant)  # on the device, as prepared
         plan = choose_plan(
             options.memory_plan,
             device,
             _free_bytes(device),
-            quantised_bytes(pipe.transformer, quant),
+            expert_bytes,
             module_bytes(pipe.text_encoder),
             module_bytes(pipe.vae),
             pipe.vae.dtype.itemsize,
@@ -238,7 +239,7 @@ class Engine:
             )
         with cold.step("prepared_cache"):
             hit = cache.lookup(tuple(experts))
-            writer = None if hit else cache.writer(2 * quantised_bytes(pipe.transformer, quant))
+            writer = None if hit else cache.writer(2 * expert_bytes)
         # One expert at a time: loaded straight to the device (or restored from the prepared cache), the default
         # mode's LoRA fused in there (fast, in fp32), quantised, and under the swap plan parked before the next.
         parked: dict[str, Parking] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
@@ -105,7 +105,7 @@ class Revision:
     date: str | None = None  # when the copy was made (ISO 8601, UTC)
 
     def as_dict(self) -> dict:
-        return {"repo": self.repo, "commit": self.commit, "dtype": self.dtype, "date": self.date}
+        return asdict(self)
 
     def line(self) -> str:
         if self.repo is None and self.commit is None:
