@@ -14,7 +14,7 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
 import runpod
 
-from wan_i2v.errors import ModelNotFoundError, SettingsError
+from wan_i2v.errors import ColdStartError, ModelNotFoundError, SettingsError
 from wan_i2v.worker.job import build_worker
 
 logging.basicConfig(
@@ -30,7 +30,7 @@ def send_progress(job: dict, event: dict) -> None:
 
 try:
     worker = build_worker(progress=send_progress)
-except (ModelNotFoundError, SettingsError) as exc:
+except (ModelNotFoundError, SettingsError, ColdStartError) as exc:
     sys.exit(f"wan-i2v cannot start: {exc}")
 
 

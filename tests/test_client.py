@@ -85,6 +85,7 @@ def test_run_batch_reports_an_unreadable_output_as_that_jobs_error(idle_endpoint
 
 
 def test_failed_job_retry_and_runpods_own_sdk(endpoint_factory, monkeypatch):
+    monkeypatch.setenv("WAN_FAULTS", "attention")  # a lever that fails at cold start: the worker serves all the same
     endpoint = endpoint_factory(idle_timeout_s=60)  # one worker for the whole test: one cold start
     client = client_for(endpoint)
     bad = client.submit({"image": SDK_INPUT["image"], "frame_num": 80})
@@ -110,6 +111,9 @@ def test_failed_job_retry_and_runpods_own_sdk(endpoint_factory, monkeypatch):
     (report,) = reports.values()
     assert report["memory_plan"].startswith("resident") and report["quantization"] == "none"
     assert {"load", "place", "attention_check", "total"} <= set(report["seconds"])
+    assert report["fallbacks"] == [
+        {"what": "attention", "from": "native", "to": "_native_math", "why": "injected by WAN_FAULTS=attention"}
+    ]
     with pytest.raises(ApiError) as not_retryable:
         client.retry(job.job_id)
     assert not_retryable.value.status == 400 and "only FAILED or TIMED_OUT" in str(not_retryable.value)

@@ -16,6 +16,7 @@ from helpers import ROOT, picture
 from safetensors.torch import save_file
 
 from wan_i2v.worker.engine import HIGH_NOISE, LOW_NOISE, GenerationParams, JobLora
+from wan_i2v.worker.levers import COMPILE_BOUND
 
 sys.path.insert(0, str(ROOT / "builder"))
 from tiny_model import user_lora_state  # noqa: E402
@@ -54,6 +55,9 @@ def test_a_warm_compile_cache_is_used_by_the_next_cold_start(tiny_model, tmp_pat
 
 def test_compiled_frames_match_eager_and_new_shapes_need_no_new_warm_up(engine, engine_with, tiny_model, tmp_path):
     compiled = engine_with(compile="dynamic", warmup="off")
+    # The cold start's self-check compiled the blocks on its probe (levers.py) and found them within the bound.
+    assert 0 <= compiled.cold_start.facts["self_check"]["compile"]["relative_l2"] <= COMPILE_BOUND
+    assert compiled.cold_start.facts["fallbacks"] == [] and compiled.compiled == "dynamic"
     for width, height in ((64, 48), (80, 48), (48, 64)):
         p = GenerationParams("a boat", "blurry", width, height, 5, 6, 3.5, 3.5, 5.0, 9)
         eager = engine.generate(p, picture(width, height)).frames.astype(float)

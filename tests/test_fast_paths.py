@@ -59,9 +59,17 @@ def test_int8_experts_stay_close_to_the_full_precision_frames(engine, engine_wit
     assert int8.generate(params(), FIRST).report["quantization"] == "int8"
 
 
-def test_fp8_on_a_device_without_fp8_is_a_clear_error(tiny_model):
-    with pytest.raises(SettingsError, match=r"WAN_QUANT=fp8 needs a GPU of compute capability 8\.9 .* the CPU"):
-        Engine.load(str(tiny_model), EngineOptions(quant="fp8"))
+def test_fp8_on_a_device_without_fp8_falls_back_to_int8_and_says_why(tiny_model, engine_with):
+    """Not a crash loop: a worker asked for fp8 on a device without fp8 units steps down to int8 (issue 23)."""
+    fallen = Engine.load(str(tiny_model), EngineOptions(quant="fp8"))
+    report = fallen.cold_start.as_dict()
+    assert report["quantization"] == "int8" and fallen.quant == "int8"
+    [fallback] = report["fallbacks"]
+    assert (fallback["what"], fallback["from"], fallback["to"]) == ("quantise", "fp8", "int8")
+    assert "fp8 needs a GPU of compute capability 8.9" in fallback["why"] and "the CPU" in fallback["why"]
+    assert np.array_equal(
+        fallen.generate(params(), FIRST).frames, engine_with(quant="int8").generate(params(), FIRST).frames
+    )
     assert pick_quant("auto", torch.device("cpu")) == "none"
     with pytest.raises(SettingsError, match="WAN_QUANT='fp4': allowed auto, fp8, int8, none"):
         pick_quant("fp4", torch.device("cpu"))
@@ -109,8 +117,9 @@ def test_the_attention_check_falls_back_when_a_backend_differs_or_fails():
     # The real check on this machine: native SDPA against math attention.
     real = pick_attention(torch.device("cpu"), torch.float32, 2, 12)
     assert real.backend == "native" and real.error < 1e-4
+    # Nothing matches: math attention itself, the reference (the attention ladder's last rung, levers.py).
     refused = pick_attention(torch.device("cpu"), torch.float32, 2, 12, check=lambda *a: math.nan)
-    assert refused.backend == "native" and "differs" in refused.skipped["native"]
+    assert refused.backend == "_native_math" and refused.error == 0.0 and "differs" in refused.skipped["native"]
 
 
 @pytest.mark.parametrize(

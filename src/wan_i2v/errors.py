@@ -39,5 +39,9 @@ class ModelConfigError(ModelNotFoundError):
     """The weights are on disk, but their configs are not Wan2.2 I2V-A14B's (checked before loading)."""
 
 
+class ColdStartError(Exception):
+    """Nothing can serve: a cold-start lever failed on every rung of its ladder (worker/levers.py)."""
+
+
 class SettingsError(ValueError):
     """An environment variable is missing or malformed; raised at cold start (or by the client's set-up)."""

@@ -3,7 +3,8 @@
 On an H100, PyTorch's SDPA through cuDNN measured 585 TFLOP/s at 480p, against 59.6 ms/layer for
 flash-attn 2 and slower still for SageAttention 1 (../shared/BASELINE.md), so cuDNN is tried first.
 Each candidate is checked once at cold start against the math kernel in fp32 on random inputs of the
-model's head shape; a candidate that fails or differs is skipped and the next one is used.
+model's head shape; a candidate that fails or differs is a step down the attention ladder (levers.py):
+cuDNN, flash, PyTorch's own choice (native), math.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .levers import Ladder, checked, relative_l2
+
 log = logging.getLogger(__name__)
 
 REFERENCE = "_native_math"
-CANDIDATES = {"cuda": ("_native_cudnn", "_native_flash", "native"), "cpu": ("native",)}
+FIRST = {"cuda": "_native_cudnn", "cpu": "native"}  # where auto starts on levers.LADDERS["attention"]
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 1e-2, torch.float32: 1e-4}  # relative L2 against fp32 math
 
 
@@ -32,11 +35,6 @@ def _attend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
     return dispatch_attention_fn(q, k, v, backend=AttentionBackendName(backend))
-
-
-def relative_l2(candidate: torch.Tensor, reference: torch.Tensor) -> float:
-    reference = reference.float()
-    return float((candidate.float() - reference).norm() / reference.norm().clamp_min(1e-12))
 
 
 def check_backend(
@@ -63,23 +61,26 @@ def pick_attention(
     head_dim: int,
     requested: str = "auto",
     check: Callable[..., float] = check_backend,
+    ladder: Ladder | None = None,
 ) -> AttentionChoice:
-    """The first candidate (or the requested backend) whose output matches; 'native' SDPA if none does."""
-    candidates = CANDIDATES.get(device.type, ("native",)) if requested == "auto" else (requested,)
+    """The first backend on the attention ladder (from the requested one, or the fastest for this device) whose
+    output matches fp32 math attention; each one skipped is a fallback on `ladder`. Math attention, the
+    reference, is the last rung: right everywhere, but it holds the whole score matrix (small jobs only)."""
+    ladder = ladder if ladder is not None else Ladder()
+    start = FIRST.get(device.type, "native") if requested == "auto" else requested
     tolerance = TOLERANCE.get(dtype, 2e-2)
-    skipped: dict[str, str] = {}
-    for backend in candidates:
-        try:
-            error = check(backend, device, dtype, heads, head_dim)
-        except Exception as exc:  # not built into this torch, not supported on this GPU, package missing
-            skipped[backend] = f"{type(exc).__name__}: {str(exc)[:200]}"
-            continue
-        if error <= tolerance:
-            return AttentionChoice(backend, error, skipped)
-        skipped[backend] = f"output differs from math attention (relative L2 {error:.3g} > {tolerance:g})"
-    for backend, why in skipped.items():
-        log.warning("attention backend %s not used: %s", backend, why)
-    return AttentionChoice("native", float("nan"), skipped)
+
+    def attempt(backend: str) -> float:
+        ladder.fault("attention")
+        if backend == REFERENCE:
+            return 0.0
+        error = check(backend, device, dtype, heads, head_dim)
+        return checked(backend, error, tolerance, "math attention")
+
+    first = len(ladder.fallbacks)
+    backend, error = ladder.climb("attention", start, attempt)
+    skipped = {f.from_: f.why for f in ladder.fallbacks[first:]}
+    return AttentionChoice(backend, error, skipped)
 
 
 def apply_attention(experts: list[torch.nn.Module], choice: AttentionChoice) -> None:

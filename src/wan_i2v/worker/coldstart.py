@@ -38,6 +38,7 @@ class ColdStart:
     facts: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     rss_before: int | None = field(default_factory=_start_measuring)
+    path: Path | None = None  # where `write` put it, for `rewrite` after a change (a fallback while serving)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -66,7 +67,11 @@ class ColdStart:
         facts = [f"  {name:<16} {value}" for name, value in self.facts.items()]
         return "\n".join(["cold start:", *rows, *facts])
 
+    def rewrite(self) -> None:
+        self.write(self.path)
+
     def write(self, path: Path | None) -> None:
+        self.path = path
         if path is None:
             return
         try:

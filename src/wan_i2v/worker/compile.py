@@ -45,6 +45,15 @@ def compile_experts(experts: list[torch.nn.Module], how: str) -> None:
         expert.compile_repeated_blocks(fullgraph=True, dynamic=how == "dynamic")
 
 
+def uncompile_experts(experts: list[torch.nn.Module]) -> None:
+    """Undo `compile_experts`: each block runs eager again (after a compile that failed its self-check)."""
+    for expert in experts:
+        for module in expert.modules():
+            if getattr(module, "_compiled_call_impl", None) is not None:
+                module._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
 class CompileCache:
     """A compile cache directory: Inductor's files under `inductor/`, PyTorch's portable cache beside them."""
 

@@ -3,7 +3,8 @@
 `Engine.load` finds the weights and `Engine.prepare` makes them fast, each step timed in the
 cold-start report: the turbo LoRA pair is read and, when turbo is the default mode, fused into the
 experts; the experts are quantised (fp8/int8); a memory plan places the models; the attention backend
-is checked; the repeated blocks are compiled against a persistent cache and warmed up.
+is checked; the repeated blocks are compiled against a persistent cache and warmed up. Each of these
+levers is self-checked and steps down its ladder when it fails (levers.py); the report lists the fallbacks.
 
 `generate` follows the steps of diffusers' WanImageToVideoPipeline.__call__ with changes that matter
 to a service: each expert's guidance is honoured on its own (diffusers decides classifier-free
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -33,10 +35,11 @@ from ..errors import InputError, ModelNotFoundError, OutOfMemoryError, SettingsE
 from ..schema import FRAME_MIN, MODES, RESOLUTION_AREAS, WAN_NEGATIVE_PROMPT, Phase
 from .attention import AttentionChoice, apply_attention, pick_attention
 from .coldstart import ColdStart
-from .compile import CompileCache, compile_experts, pick_compile
+from .compile import CompileCache, pick_compile
 from .components import EXPERT_FOLDERS, is_skeleton, load_expert, load_text_encoder, materialise, skeleton_pipeline
-from .lora import Adapter, ExpertLora, fuse, parameter_shapes, parse_lora, read_safetensors
-from .memory import MemoryPlan, Parking, align_storage, choose_plan, module_bytes, quantised_bytes
+from .levers import Ladder, Probe, below, choose_compile, choose_fusion, choose_quant
+from .lora import Adapter, ExpertLora, parameter_shapes, parse_lora, read_safetensors
+from .memory import MemoryPlan, Parking, Placement, align_storage, choose_plan, module_bytes, quantised_bytes
 from .model_config import check_model_configs
 from .prepared_cache import FORMAT as CACHE_FORMAT
 from .prepared_cache import PreparedCache, file_sha256, package_versions, weights_identity
@@ -135,11 +138,12 @@ class Engine:
         adapters: dict[str, Adapter],
         shapes: dict[str, dict[str, tuple[int, ...]]],
         turbo_misses: list[str],
-        plan: MemoryPlan,
+        placement: Placement,
         quant: str,
         attention: AttentionChoice,
         compiled: str,
-        parked: dict[str, Parking],
+        fused: dict[str, bool],
+        ladder: Ladder,
         cold_start: ColdStart,
         revision: Revision | None = None,
     ):
@@ -150,12 +154,20 @@ class Engine:
         self.shapes = shapes  # each expert's parameter shapes, for checking a job's LoRAs against parked experts
         self.turbo_files, self.turbo, self.turbo_misses = turbo_files, turbo, turbo_misses
         self.adapters = adapters
-        self.plan, self.quant, self.attention, self.compiled = plan, quant, attention, compiled
-        self.parked = parked
+        self.placement, self.quant, self.attention, self.compiled = placement, quant, attention, compiled
+        self.parked = placement.parked  # what waits in host memory between uses (the same dict, kept up to date)
+        self.fused = fused  # per expert: whether the turbo pair is in its weights
+        self.ladder = ladder  # the cold start's fallbacks; a step down after it (out of memory) is added here
+        self._out_of_memory: tuple[tuple[int, int], int] = ((0, 0), 0)  # (width, height), failures in a row
+        self._step_down_due: str | None = None
         self.prompts = PromptCache(options.prompt_cache)
         self.step_cache = parse_step_cache(options.step_cache)
         self.cold_start = cold_start
         self.revision = revision or Revision()  # where the weights came from (each job's `model_revision`)
+
+    @property
+    def plan(self) -> MemoryPlan:
+        return self.placement.plan
 
     # ---- cold start ---------------------------------------------------------------------------------
     @classmethod
@@ -220,14 +232,14 @@ class Engine:
             with cold.step("lora_load"):
                 turbo = load_pair(files, experts)
         expert_bytes = quantised_bytes(pipe.transformer, quant)  # on the device, as prepared
-        plan = choose_plan(
-            options.memory_plan,
+        sizes = (expert_bytes, module_bytes(pipe.text_encoder), module_bytes(pipe.vae), pipe.vae.dtype.itemsize)
+        free = _free_bytes(device)
+        ladder = Ladder(options.faults)
+        placement = Placement(
+            choose_plan(options.memory_plan, device, free, *sizes),
             device,
-            _free_bytes(device),
-            expert_bytes,
-            module_bytes(pipe.text_encoder),
-            module_bytes(pipe.vae),
-            pipe.vae.dtype.itemsize,
+            lambda name: choose_plan(name, device, free, *sizes),  # a step down the place ladder
+            ladder,
         )
         # The prepared cache serves experts loaded from a folder (not bench/'s, built in memory).
         cache = PreparedCache(None)
@@ -242,50 +254,65 @@ class Engine:
             writer = None if hit else cache.writer(2 * expert_bytes)
         # One expert at a time: loaded straight to the device (or restored from the prepared cache), the default
         # mode's LoRA fused in there (fast, in fp32), quantised, and under the swap plan parked before the next.
-        parked: dict[str, Parking] = {}
-        work_device = device if plan.name != "offload" else torch.device("cpu")  # offload: hooks move it later
-        quantised = 0
+        # The first expert loaded from the weights checks quantisation (levers.choose_quant) for both.
+        fuse_turbo = options.default_mode == "turbo"
+        fused = dict.fromkeys(experts, False)
+        quantised, quant_checked = 0, hit or quant == "none"
         stand_in = {side: is_skeleton(expert) for side, expert in experts.items()}
         for side, expert in list(experts.items()):
             restored = False
             if hit:
                 with cold.step("prepared_cache"):
-                    restored = _restore(cache, side, expert, work_device, quant)
+                    restored = _restore(cache, side, expert, placement.work_device, quant)
             if restored:
+                fused[side] = fuse_turbo  # the entry holds the experts as a cold start leaves them
                 quantised += count_quantisable(expert) if quant != "none" else 0
             else:
                 with cold.step("load" if stand_in[side] else "place"):
-                    expert = (
-                        load_expert(model_path, EXPERT_FOLDERS[side], dtype, work_device)
-                        if stand_in[side]
-                        else expert.to(work_device)
+                    expert = placement.load(
+                        lambda device, side=side, expert=expert: (
+                            load_expert(model_path, EXPERT_FOLDERS[side], dtype, device)
+                            if stand_in[side]
+                            else expert.to(device)
+                        )
                     )
                 experts[side] = expert
                 setattr(pipe, EXPERT_FOLDERS[side], expert)
-                if options.default_mode == "turbo":
+                if fuse_turbo:
                     with cold.step("lora_fusion"):
-                        fuse(expert, turbo[side], 1.0)
-                if quant != "none":
+                        fused[side] = fuse_turbo = choose_fusion(expert, turbo[side], ladder)
+                if quant != "none" and not quant_checked:
+                    with cold.step("quantise"):
+                        checkable = placement.work_device == device  # not an expert waiting on the CPU to offload
+                        probe = Probe(expert.config, device, dtype) if checkable else None
+                        quant, count, error = choose_quant(expert, quant, ladder, probe, device)
+                    quant_checked, quantised = True, quantised + count
+                    cold.facts["self_check"] = {"quantise": _error_or_why(error, "offload plan: not on the GPU")}
+                elif quant != "none":
                     with cold.step("quantise"):
                         quantised += quantize_expert(expert, quant)
+            fell = [f"{f.what} {f.from_} -> {f.to}" for f in ladder.fallbacks if f.what in ("quantise", "fusion")]
+            if writer is not None and fell:  # the entry's fingerprint names the levers asked for, not those that ran
+                writer.cancel(f"a lever fell back ({', '.join(fell)})")
+                writer = None
             with cold.step("place"):
                 align_storage(expert)  # computes as it will after any park and fetch
             if writer is not None:
                 with cold.step("prepared_cache"):
                     writer.add(side, expert)
-            if plan.name == "swap":  # parked at once: two bf16 experts need not fit side by side
-                with cold.step("place"):
-                    parked[side] = Parking(expert, device, park_now=True)
+            with cold.step("place"):
+                placement.settle(side, expert)
         if writer is not None:
             with cold.step("prepared_cache"):
                 writer.commit()
-        if plan.name == "swap":
-            with cold.step("place"):
-                parked[HIGH_NOISE].fetch()  # every job starts with the high-noise expert
         if quant != "none":
             cold.facts["quantised_linears"] = quantised
+            if hit:
+                cold.facts["self_check"] = {"quantise": {"not_checked": "restored from the prepared cache"}}
         with cold.step("load" if is_skeleton(pipe.text_encoder) else "place"):
-            parked.update(_place_rest(pipe, plan, device, model_path))
+            # every job starts with the high-noise expert
+            placement.finish(pipe, HIGH_NOISE, lambda pipe, plan: _place_rest(pipe, plan, device, model_path))
+        plan = placement.plan
         # The LoRA hooks, registered before compiling, empty between jobs; the turbo pair on the device,
         # ready for a job of the other mode.
         adapters = {side: Adapter(expert) for side, expert in experts.items()}
@@ -294,30 +321,34 @@ class Engine:
         config = pipe.transformer.config
         with cold.step("attention_check"):
             attention = pick_attention(
-                device, dtype, config.num_attention_heads, config.attention_head_dim, options.attention
+                device, dtype, config.num_attention_heads, config.attention_head_dim, options.attention, ladder=ladder
             )
             apply_attention(list(experts.values()), attention)
 
         compile_cache = CompileCache(options.compile_cache if how != "off" else None)
-        cold.facts.update(
-            device=str(device),
-            default_mode=options.default_mode,
-            turbo_lora=", ".join(str(p) for p in files.values()) if files else "not found (" + "; ".join(misses) + ")",
-            memory_plan=f"{plan.name} (text encoder {'on demand' if plan.text_encoder_on_demand else 'resident'}, "
-            f"VAE tiling {'on' if plan.vae_tiling else 'off'}; {plan.reason})",
-            quantization=quant,
-            prepared_cache=cache.report(),
-            attention=f"{attention.backend} (relative L2 {attention.error:.2g} against math attention)",
-            compile=how,
-            compile_cache=compile_cache.state() if how != "off" else "unused (not compiling)",
-            step_cache=options.step_cache,
-            vae_dtype=str(pipe.vae.dtype).removeprefix("torch."),
-        )
+        cache_state = compile_cache.state() if how != "off" else "unused (not compiling)"
         cold.measure_host_memory()  # the loading is done: what follows runs on the device
         if how != "off":
             with cold.step("compile"):
                 compile_cache.activate()
-                compile_experts(list(experts.values()), how)
+                probe = Probe(config, pipe._execution_device, dtype)
+                how, error = choose_compile(list(experts.values()), how, ladder, probe)
+            cold.facts.setdefault("self_check", {})["compile"] = _error_or_why(error, "not compiling")
+        cold.facts.update(
+            device=str(device),
+            default_mode=options.default_mode,
+            turbo_lora=", ".join(str(p) for p in files.values()) if files else "not found (" + "; ".join(misses) + ")",
+            turbo_fused=[side for side, done in fused.items() if done],
+            memory_plan=_describe_plan(plan),
+            quantization=quant,
+            prepared_cache=cache.report(),
+            attention=f"{attention.backend} (relative L2 {attention.error:.2g} against math attention)",
+            compile=how,
+            compile_cache=cache_state if how != "off" else "unused (not compiling)",
+            step_cache=options.step_cache,
+            vae_dtype=str(pipe.vae.dtype).removeprefix("torch."),
+            fallbacks=ladder.report(),
+        )
 
         engine = cls(
             pipe,
@@ -330,11 +361,12 @@ class Engine:
             adapters,
             shapes,
             misses,
-            plan,
+            placement,
             quant,
             attention,
             how,
-            parked,
+            fused,
+            ladder,
             cold,
             revision,
         )
@@ -428,6 +460,8 @@ class Engine:
     ) -> Generated:
         """One video. `loras` are attached for this job only: after it, finished or failed, every
         adapter is empty and every patched parameter restored."""
+        if self._step_down_due is not None:
+            self._step_down_plan()
         try:
             timings: dict[str, float] = {"mode_switch": 0.0, "lora_load": 0.0}
             parts = self._mode_parts(params.mode)
@@ -450,14 +484,16 @@ class Engine:
             if not all(adapter.uniform for adapter in attached.values()):  # a full delta on a quantised block weight
                 return _eager(run)
             try:
-                return run()
+                generated = run()
             except torch._dynamo.exc.FailOnRecompileLimitHit:  # a backstop: settle() should make this unreachable
                 log.warning("the compiled blocks hit torch.compile's recompile limit; running this job eager")
-                return _eager(run)
+                generated = _eager(run)
+            self._out_of_memory = ((0, 0), 0)
+            return generated
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(
                 f"the GPU ran out of memory at {params.width}x{params.height}, {params.num_frames} frames; "
-                "this worker will be replaced. Try 480p or fewer frames."
+                f"this worker will be replaced.{self._count_out_of_memory(params)} Try 480p or fewer frames."
             ) from exc
         finally:
             for name, adapter in self.adapters.items():  # all of them: a load that failed half-way included
@@ -466,19 +502,44 @@ class Engine:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _mode_parts(self, mode: str) -> dict[str, list[tuple[ExpertLora, float]]]:
-        """The turbo pair and its strength that put the experts in `mode` for one job (none in the default mode).
+    def _count_out_of_memory(self, params: GenerationParams) -> str:
+        """A second out-of-memory in a row at the same size steps the memory plan down before the next job
+        (where the worker lives on: RunPod replaces one that asks, a local or dev-endpoint worker stays)."""
+        size = (params.width, params.height)
+        last, count = self._out_of_memory
+        count = count + 1 if last == size else 1
+        self._out_of_memory = (size, count)
+        lower = below("place", self.plan.name)
+        if count < 2 or lower is None:
+            return ""
+        self._step_down_due = f"{count} out-of-memory errors in a row at {size[0]}x{size[1]}"
+        return f" The memory plan steps down from {self.plan.name} to {lower} before the next job."
 
-        The default mode's weights are the experts' own (turbo fused in when turbo is the default). A turbo
-        job on a quality worker attaches the pair; a quality job on a turbo worker attaches it with strength
-        -1, which takes the fused delta back out without touching (possibly quantised) weights.
+    def _step_down_plan(self) -> None:
+        why, self._step_down_due = self._step_down_due, None
+        self._out_of_memory = ((0, 0), 0)
+        self.release_memory()
+        self.placement.step_down(torch.OutOfMemoryError(why))
+        self.cold_start.facts.update(memory_plan=_describe_plan(self.plan), fallbacks=self.ladder.report())
+        self.cold_start.rewrite()
+        log.warning("memory plan stepped down to %s: %s", self.plan.name, why)
+
+    def _mode_parts(self, mode: str) -> dict[str, list[tuple[ExpertLora, float]]]:
+        """The turbo pair and its strength that put the experts in `mode` for one job (none where the weights are).
+
+        An expert's weights are in the default mode when the turbo pair was fused into it (a turbo worker) or
+        not needed (a quality worker). A turbo job attaches the pair to an expert without it; a quality job
+        attaches it with strength -1 to an expert with it fused in, which takes the fused delta back out without
+        touching (possibly quantised) weights. Where fusing failed at cold start (levers.py), a turbo worker's
+        turbo jobs attach the pair as a quality worker's do.
         """
-        if mode == self.default_mode:
+        wanted = {side: (mode == "turbo") != self.fused[side] for side in self.experts}
+        if not any(wanted.values()):
             return {}
         if not self.turbo:
             raise InputError(f"mode: 'turbo' is not available on this worker: {missing_message(self.turbo_misses)}")
         strength = 1.0 if mode == "turbo" else -1.0
-        return {side: [(lora, strength)] for side, lora in self.turbo.items()}
+        return {side: [(self.turbo[side], strength)] for side, attach in wanted.items() if attach}
 
     def _read_loras(self, loras: Sequence[JobLora]) -> dict[str, list[tuple[ExpertLora, float]]]:
         """Read every file and map it onto its expert before anything is attached; InputError naming the entry."""
@@ -643,6 +704,18 @@ def _eager(run: Callable[[], Generated]) -> Generated:
         generated = run()
     generated.report["compiled"] = False
     return generated
+
+
+def _describe_plan(plan: MemoryPlan) -> str:
+    return (
+        f"{plan.name} (text encoder {'on demand' if plan.text_encoder_on_demand else 'resident'}, "
+        f"VAE tiling {'on' if plan.vae_tiling else 'off'}; {plan.reason})"
+    )
+
+
+def _error_or_why(error: float, why_not: str) -> dict:
+    """A self-check's entry in the cold-start report: its relative L2, or why there was none."""
+    return {"not_checked": why_not} if math.isnan(error) else {"relative_l2": round(error, 5)}
 
 
 def _restore(cache: PreparedCache, side: str, expert, device: torch.device, quant: str) -> bool:

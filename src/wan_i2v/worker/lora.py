@@ -350,12 +350,23 @@ def _kohya_module(rest: str) -> tuple[str, str] | None:
 def fuse(expert: torch.nn.Module, lora: ExpertLora, scale: float = 1.0) -> None:
     """Add the LoRA into the expert's weights (computed in fp32): no cost per step afterwards."""
     modules, parameters = dict(expert.named_modules()), dict(expert.named_parameters())
-    for name, pair in lora.low_rank.items():
-        weight = modules[name].weight
-        weight.copy_((weight.float() + scale * pair.delta(weight.device)).to(weight.dtype))
-    for name, delta in lora.diffs.items():
-        param = parameters[name]
-        param.copy_((param.float() + scale * delta.float().to(param.device)).to(param.dtype))
+    steps = [(modules[name].weight, pair.delta) for name, pair in lora.low_rank.items()]
+    steps += [
+        (parameters[name], lambda device, diff=diff: diff.float().to(device)) for name, diff in lora.diffs.items()
+    ]
+    done = []
+    try:
+        for target, delta in steps:
+            _add_into(target, scale * delta(target.device))
+            done.append((target, delta))
+    except BaseException:
+        for target, delta in reversed(done):  # a fusion that fails part-way takes back out what it added
+            _add_into(target, -scale * delta(target.device))
+        raise
+
+
+def _add_into(target: torch.Tensor, delta: torch.Tensor) -> None:
+    target.copy_((target.float() + delta).to(target.dtype))
 
 
 @dataclass

@@ -225,6 +225,14 @@ class Parking:
         self.on_device = True
         self._pending = stream is not None
 
+    def release_to_host(self) -> None:
+        """Leave the module in host memory, its tensors the host copy (for the offload plan, which moves it
+        itself); this Parking is not used again."""
+        self.ready()
+        for t, host in zip(self._tensors, self._host, strict=True):
+            t.data = host
+        self.on_device = False
+
     def ready(self) -> None:
         """The current stream waits for a copy started by `fetch(overlap=True)`."""
         if self._pending:
@@ -233,3 +241,80 @@ class Parking:
             current.wait_stream(self._stream)
             for t in self._tensors:  # made on the side stream, used and freed on this one
                 t.data.record_stream(current)
+
+
+class Placement:
+    """Where the models live under the memory plan, stepped down the place ladder (resident -> swap -> offload,
+    levers.py) when loading onto the GPU runs out of memory or parking or fetching fails. Every model placed
+    so far is moved to where the new plan keeps it, so the plan always describes every model."""
+
+    def __init__(self, plan: MemoryPlan, device: torch.device, replan, ladder):
+        self.plan, self.device = plan, device
+        self.replan = replan  # plan name -> MemoryPlan (choose_plan with the same sizes)
+        self.ladder = ladder
+        self.experts: dict[str, torch.nn.Module] = {}
+        self.parked: dict[str, Parking] = {}  # the engine reads this same dict
+        self._pipe = self._first = self._place_rest = None
+        self._rest_plan: str | None = None  # the plan the text encoder and VAE were placed for
+
+    @property
+    def work_device(self) -> torch.device:
+        """Where an expert is loaded and prepared: the GPU, or the host under the offload plan."""
+        return self.device if self.plan.name != "offload" else torch.device("cpu")
+
+    def load(self, make):
+        """`make(device)` onto the work device; out of memory there steps the plan down and loads again."""
+        while True:
+            try:
+                return make(self.work_device)
+            except torch.OutOfMemoryError as exc:
+                self.step_down(exc)
+
+    def settle(self, side: str, expert: torch.nn.Module) -> None:
+        """Leave a prepared expert where the plan keeps it between jobs (parked at once under swap: two bf16
+        experts need not fit side by side)."""
+        self.experts[side] = expert
+        self._attempt()
+
+    def finish(self, pipe, first: str, place_rest) -> None:
+        """The experts as every job begins (`first` on the device under swap), then the text encoder and VAE
+        by `place_rest(pipe, plan)`, which returns what it parked."""
+        self._pipe, self._first, self._place_rest = pipe, first, place_rest
+        self._attempt()
+
+    def step_down(self, exc: BaseException) -> None:
+        """The plan below (ColdStartError when there is none), every model moved to where it keeps it."""
+        self._lower(exc)
+        self._attempt()
+
+    def _lower(self, exc: BaseException) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.plan = self.replan(self.ladder.step_down("place", self.plan.name, exc))
+
+    def _attempt(self) -> None:
+        while True:
+            try:
+                self.ladder.fault("place")
+                self._arrange()
+                return
+            except (RuntimeError, OSError) as exc:  # out of memory, parking or fetching failed, WAN_FAULTS=place
+                self._lower(exc)
+
+    def _arrange(self) -> None:
+        offload = self.plan.name == "offload"
+        if offload:
+            for name in list(self.parked):
+                self.parked.pop(name).release_to_host()
+        for side, expert in self.experts.items():
+            if self.plan.name == "swap" and side not in self.parked:
+                self.parked[side] = Parking(expert, self.device, park_now=True)
+            elif offload:
+                expert.to("cpu")
+        if self._pipe is None:
+            return
+        if self.plan.name == "swap":
+            self.parked[self._first].fetch()
+        if self._rest_plan is None or (offload and self._rest_plan != "offload"):
+            self.parked.update(self._place_rest(self._pipe, self.plan))
+            self._rest_plan = self.plan.name

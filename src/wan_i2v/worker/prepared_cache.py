@@ -287,6 +287,10 @@ class EntryWriter:
     def abandon(self) -> None:
         shutil.rmtree(self.partial, ignore_errors=True)
 
+    def cancel(self, why: str) -> None:
+        """Write nothing after all (what was prepared is not what the fingerprint says)."""
+        self._fail(RuntimeError(why))
+
     def _fail(self, exc: BaseException) -> None:
         self.failed = True
         self.abandon()

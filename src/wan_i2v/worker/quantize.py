@@ -25,7 +25,7 @@ def fp8_capable(device: torch.device) -> bool:
 
 
 def pick_quant(requested: str, device: torch.device) -> str:
-    """The quantisation to apply for `WAN_QUANT=requested` on `device`.
+    """The quantisation to try first for `WAN_QUANT=requested` on `device` (the quantise ladder steps down from it).
 
     auto: fp8 where the GPU has fp8 units, int8 on other GPUs (A100), none on the CPU.
     """
@@ -35,13 +35,17 @@ def pick_quant(requested: str, device: torch.device) -> str:
         if device.type != "cuda":
             return "none"
         return "fp8" if fp8_capable(device) else "int8"
-    if requested == "fp8" and not fp8_capable(device):
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
-        raise SettingsError(
-            f"WAN_QUANT=fp8 needs a GPU of compute capability 8.9 or more (L40S, RTX 4090, H100, H200); this "
-            f"worker runs on {name}. Use WAN_QUANT=int8 (A100) or none."
-        )
     return requested
+
+
+def check_capable(kind: str, device: torch.device) -> None:
+    """fp8 needs fp8 units: RuntimeError naming the GPU otherwise (a step down to int8, levers.py)."""
+    if kind == "fp8" and not fp8_capable(device):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
+        raise RuntimeError(
+            f"fp8 needs a GPU of compute capability 8.9 or more (L40S, RTX 4090, H100, H200); this worker runs "
+            f"on {name} (set WAN_QUANT=int8 or none to skip this step)"
+        )
 
 
 def _block_linear(module: torch.nn.Module, name: str) -> bool:
@@ -69,6 +73,17 @@ def quantize_expert(expert: torch.nn.Module, kind: str) -> int:
     count = count_quantisable(expert)
     quantize_(expert, config, filter_fn=_block_linear)
     return count
+
+
+def block_weights(expert: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The block linears' weights as they are: quantising replaces them, so these restore the expert exactly."""
+    return {name: module.weight for name, module in expert.named_modules() if _block_linear(module, name)}
+
+
+def restore_weights(expert: torch.nn.Module, saved: dict[str, torch.nn.Parameter]) -> None:
+    modules = dict(expert.named_modules())
+    for name, weight in saved.items():
+        modules[name].weight = weight
 
 
 def count_quantisable(expert: torch.nn.Module) -> int:

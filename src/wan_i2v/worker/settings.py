@@ -25,6 +25,7 @@ ON_OFF_AUTO = ("auto", "on", "off")
 QUANT_CHOICES = ("auto", "fp8", "int8", "none")
 COMPILE_CHOICES = ("auto", "off", "dynamic", "static")
 PLANS = ("resident", "swap", "offload")
+FAULTS = ("compile", "quantise", "attention", "place", "fusion")  # WAN_FAULTS: the cold-start levers (levers.py)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class EngineOptions:
     vae_dtype: str = "auto"  # WAN_VAE_DTYPE: auto (bf16 on a GPU) | bf16 | fp32
     prompt_cache: int = 64  # WAN_PROMPT_CACHE: text embeddings kept (0 turns the cache off)
     warmup: str = "auto"  # WAN_WARMUP: auto (on when compiling) | on | off
+    faults: tuple[str, ...] = ()  # WAN_FAULTS: levers whose first attempt fails at cold start (levers.py)
     model_places: ModelPlaces = ModelPlaces()  # WAN_RUNPOD_CACHE, WAN_VOLUME_MODEL, WAN_BAKED_MODEL, WAN_MODEL_REVISION
 
     @classmethod
@@ -75,6 +77,7 @@ class EngineOptions:
             vae_dtype=choice("WAN_VAE_DTYPE", "auto", ("auto", "bf16", "fp32")),
             prompt_cache=entries,
             warmup=choice("WAN_WARMUP", "auto", ON_OFF_AUTO),
+            faults=parse_faults(env.get("WAN_FAULTS")),
             model_places=ModelPlaces(
                 runpod_cache=Path(env.get("WAN_RUNPOD_CACHE") or RUNPOD_CACHE),
                 volume=Path(env["WAN_VOLUME_MODEL"]) if env.get("WAN_VOLUME_MODEL") else None,
@@ -82,6 +85,17 @@ class EngineOptions:
                 revision=model_revision(env.get("WAN_MODEL_REVISION") or None),
             ),
         )
+
+
+def parse_faults(value: str | None) -> tuple[str, ...]:
+    """WAN_FAULTS: a comma list of cold-start levers whose first attempt is made to fail (empty: none)."""
+    names = tuple(dict.fromkeys(part.strip() for part in (value or "").split(",") if part.strip()))
+    unknown = [name for name in names if name not in FAULTS]
+    if unknown:
+        raise SettingsError(
+            f"WAN_FAULTS={value!r}: unknown {', '.join(unknown)}; allowed a comma list of {', '.join(FAULTS)}"
+        )
+    return names
 
 
 def model_revision(value: str | None) -> str | None:
