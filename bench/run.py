@@ -1,8 +1,11 @@
 """Benchmark: the plain diffusers call against our engine in each mode, quantisation and memory plan.
 
-    python bench/run.py --smoke                          # CPU, tiny model, seconds (the default test tier runs it)
+    python bench/run.py --quick                          # GPU: every figure in one call of under 5 minutes, on
+                                                         # a few blocks per expert, extrapolated to 40 (bench/quick.py)
+    python bench/run.py --quick --smoke                  # the same code on the CPU, tiny model, seconds
     python bench/run.py --rows baseline,turbo-fp8        # GPU, real-size random weights, rows merged into
                                                          # bench/results/<gpu>.json; each call under 10 minutes
+    python bench/run.py --smoke                          # the rows' code on the CPU, tiny model
 
 On a GPU it builds the real-size Wan2.2 I2V-A14B pipeline (two 14B experts with the real configs,
 UMT5-XXL, the Wan VAE) with random weights directly on the GPU: no download, and a forward costs the
@@ -15,7 +18,8 @@ GPU machine, and the upload is measured by the storage tests instead.
 Each row reports per-forward seconds, warm job seconds by phase, the first job's seconds, the
 cold start (prepare: fusion, quantise, compile, warm-up), peak GPU memory, and the relative L2 of its
 decoded frames against the baseline's (the same steps, guidance and seed through diffusers' own
-`WanImageToVideoPipeline.__call__`). `targets` and `baseline` are filled from the rows present.
+`WanImageToVideoPipeline.__call__`). `targets` and `baseline` are filled from the rows present, and from
+the `quick` object where no row measured a target (`targets_basis` says which: measured or estimated).
 """
 
 from __future__ import annotations
@@ -42,14 +46,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "builder"))
 
-from tiny_model import build_tokenizer, user_lora_state, write_lora_pair, write_tiny_model  # noqa: E402
+from tiny_model import build_tokenizer, user_lora_state, write_lora_pair, write_tiny_model
 
-from wan_i2v.worker.engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams, JobLora  # noqa: E402
-from wan_i2v.worker.images import fit_image, load_image  # noqa: E402
-from wan_i2v.worker.job import Worker  # noqa: E402
-from wan_i2v.worker.netguard import UrlPolicy  # noqa: E402
-from wan_i2v.worker.settings import EngineOptions, Settings  # noqa: E402
-from wan_i2v.worker.video import encode_mp4  # noqa: E402
+from wan_i2v.worker.engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams, JobLora
+from wan_i2v.worker.images import fit_image, load_image
+from wan_i2v.worker.netguard import UrlPolicy
+from wan_i2v.worker.settings import EngineOptions, Settings
+
+# bench/quick.py imports this module as `run`: the same module object when this file is the script.
+sys.modules.setdefault("run", sys.modules[__name__])
 
 QUALITY_STEPS_FULL = 40
 SIZES = {"480p": (832, 480), "720p": (1280, 720)}
@@ -89,21 +94,21 @@ USER_LORA_RANK = 32
 # ---- the real-size pipeline with random weights ------------------------------------------------------
 def real_expert_config() -> dict:
     """Wan2.2 I2V-A14B's transformer/config.json (and transformer_2's, identical)."""
-    return dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=40,
-        attention_head_dim=128,
-        in_channels=36,
-        out_channels=16,
-        text_dim=4096,
-        freq_dim=256,
-        ffn_dim=13824,
-        num_layers=40,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
-    )
+    return {
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": 40,
+        "attention_head_dim": 128,
+        "in_channels": 36,
+        "out_channels": 16,
+        "text_dim": 4096,
+        "freq_dim": 256,
+        "ffn_dim": 13824,
+        "num_layers": 40,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": 1e-6,
+        "rope_max_seq_len": 1024,
+    }
 
 
 @torch.no_grad()
@@ -120,47 +125,69 @@ def _randomise(module: torch.nn.Module, seed: int) -> None:
             param.normal_(0.0, fan_in**-0.5, generator=generator)
 
 
+def _on_device(factory, device: torch.device, seed: int, dtype: torch.dtype) -> torch.nn.Module:
+    """`factory()` built where it runs and in the dtype it runs in (a 14B expert in fp32 would not fit next to
+    the other), with random weights from `seed`."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            module = factory()
+    finally:
+        torch.set_default_dtype(previous)
+    _randomise(module, seed)
+    return module.eval()
+
+
+def build_text_encoder(device: torch.device, layers: int | None = None):
+    """UMT5-XXL as Wan2.2 ships it (24 layers; `layers` cuts it), bf16, random weights."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    text_config = UMT5Config(
+        vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=layers or 24, num_heads=64,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return _on_device(lambda: UMT5EncoderModel(text_config), device, 1, torch.bfloat16)
+
+
+def build_vae(device: torch.device):
+    """The Wan VAE, bf16 as the worker runs it (the baseline casts it to fp32)."""
+    from diffusers import AutoencoderKLWan
+
+    return _on_device(lambda: AutoencoderKLWan(), device, 2, torch.bfloat16)
+
+
+def build_expert(device: torch.device, seed: int, layers: int | None = None):
+    """One WanTransformer3DModel of the real config, bf16; `layers` cuts its blocks (every width stays real)."""
+    from diffusers import WanTransformer3DModel
+
+    config = {**real_expert_config(), **({"num_layers": layers} if layers else {})}
+    return _on_device(lambda: WanTransformer3DModel(**config), device, seed, torch.bfloat16)
+
+
+def real_scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=5.0
+    )
+
+
 def build_real_size_pipeline(device: torch.device, layers: int | None = None, experts_layers: int | None = None):
     """Wan2.2 I2V-A14B at its real size, random weights, built on `device` (no download, about 60 s).
 
     `layers` cuts the experts and the text encoder to that many layers (every width stays real): a check
     of this code on a machine without a GPU, not a benchmark. `experts_layers` cuts only the experts' blocks.
     """
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    def on_device(factory, seed, dtype):
-        # Built where it runs and in the dtype it runs in: a 14B expert in fp32 would not fit next to the other.
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                module = factory()
-        finally:
-            torch.set_default_dtype(previous)
-        _randomise(module, seed)
-        return module.eval()
+    from diffusers import WanImageToVideoPipeline
 
     tokenizer = build_tokenizer()  # text content does not change the cost: ids only need to be in the vocabulary
-    text_config = UMT5Config(
-        vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )  # fmt: skip
-    expert_config = {
-        **real_expert_config(),
-        **({"num_layers": layers or experts_layers} if layers or experts_layers else {}),
-    }
-    if layers:
-        text_config.num_layers = layers
-    text_encoder = on_device(lambda: UMT5EncoderModel(text_config), 1, torch.bfloat16)
-    vae = on_device(lambda: AutoencoderKLWan(), 2, torch.bfloat16)  # as the worker runs it; the baseline casts to fp32
-    experts = [on_device(lambda: WanTransformer3DModel(**expert_config), s, torch.bfloat16) for s in (3, 4)]
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=5.0
-    )
+    text_encoder = build_text_encoder(device, layers)
+    vae = build_vae(device)
+    experts = [build_expert(device, seed, layers or experts_layers) for seed in (3, 4)]
     return WanImageToVideoPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=real_scheduler(),
         transformer=experts[0], transformer_2=experts[1], boundary_ratio=0.9,
     )  # fmt: skip
 
@@ -201,6 +228,31 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def write_user_loras(work: Path, config, count: int, rank: int) -> list[JobLora]:
+    """`count` random pairs of the experts' size, written once as .safetensors files as a job would bring them."""
+    from safetensors.torch import save_file
+
+    loras = []
+    for index in range(count):
+        for offset, (side, expert) in enumerate((("high", HIGH_NOISE), ("low", LOW_NOISE))):
+            path = work / f"user-lora-{index}-{side}.safetensors"
+            if not path.is_file():
+                save_file(user_lora_state(config, "kohya", rank, seed=20 + 2 * index + offset, std=0.01), str(path))
+            loras.append(JobLora(expert, path, 0.8, f"loras[{index}].{side}"))
+    return loras
+
+
+def job_params(mode: str, size: tuple[int, int], frames: int, steps: int) -> GenerationParams:
+    """The job every row and path runs: the same prompt and seed; guidance 3.5 on both experts, 1 for turbo."""
+    width, height = size
+    guidance = 3.5 if mode != "turbo" else 1.0
+    return GenerationParams(
+        prompt="a red fox runs through fresh snow", negative_prompt="blurry, static", width=width, height=height,
+        num_frames=frames, steps=steps, guidance_scale=guidance, guidance_scale_2=guidance, shift=5.0,
+        seed=42, mode="turbo" if mode == "turbo" else "quality",
+    )  # fmt: skip
+
+
 class Bench:
     def __init__(self, smoke: bool, quality_steps: int, frames: int, work: Path):
         self.smoke, self.quality_steps, self.frames, self.work = smoke, quality_steps, frames, work
@@ -221,27 +273,10 @@ class Bench:
         return pipe
 
     def user_loras(self, config, count: int) -> list[JobLora]:
-        """`count` random pairs of the experts' size, written once as .safetensors files as a job would bring them."""
-        from safetensors.torch import save_file
-
-        rank = 4 if self.smoke else USER_LORA_RANK
-        loras = []
-        for index in range(count):
-            for offset, (side, expert) in enumerate((("high", HIGH_NOISE), ("low", LOW_NOISE))):
-                path = self.work / f"user-lora-{index}-{side}.safetensors"
-                if not path.is_file():
-                    save_file(user_lora_state(config, "kohya", rank, seed=20 + 2 * index + offset, std=0.01), str(path))
-                loras.append(JobLora(expert, path, 0.8, f"loras[{index}].{side}"))
-        return loras
+        return write_user_loras(self.work, config, count, 4 if self.smoke else USER_LORA_RANK)
 
     def params(self, mode: str, resolution: str, steps: int) -> GenerationParams:
-        width, height = self.sizes[resolution]
-        guidance = 3.5 if mode != "turbo" else 1.0
-        return GenerationParams(
-            prompt="a red fox runs through fresh snow", negative_prompt="blurry, static", width=width, height=height,
-            num_frames=self.frames, steps=steps, guidance_scale=guidance, guidance_scale_2=guidance, shift=5.0,
-            seed=42, mode="turbo" if mode == "turbo" else "quality",
-        )  # fmt: skip
+        return job_params(mode, self.sizes[resolution], self.frames, steps)
 
     def baseline(self, resolutions) -> dict:
         """The plain diffusers call, everything resident (what a user of diffusers gets), quality and turbo shape."""
@@ -307,10 +342,12 @@ class Bench:
                 engine.generate(p, image, loras=loras)
                 first_s = time.perf_counter() - began
                 generated = engine.generate(p, image, loras=loras)
-            except Exception as exc:  # out of memory, most likely: the row says so and the next one runs
+            except Exception as exc:  # noqa: BLE001 - out of memory, most likely: the row says so, the next runs
                 row[resolution] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
                 _free(self.device)
                 continue
+            from wan_i2v.worker.video import encode_mp4
+
             began = time.perf_counter()
             encode_mp4(generated.frames, self.work / "bench.mp4", 16, crf=18)
             mp4_s = time.perf_counter() - began
@@ -335,6 +372,8 @@ class Bench:
             else:
                 entry["job_s"] = round(sum(phases.values()), 2)
                 if not self.smoke and not loras:  # and once through the worker itself, the whole job as users get it
+                    from wan_i2v.worker.job import Worker
+
                     worker = Worker(engine, Settings(model="random-real-size", output_dir=self.work / "videos"))
                     answer = worker.handle(
                         {
@@ -421,6 +460,7 @@ def cold_start_row(work: Path, smoke: bool, layers: int | None) -> dict:
             [sys.executable, __file__, "--cold-start-child", str(model), str(caches), *(["--smoke"] if smoke else [])],
             capture_output=True,
             text=True,
+            check=False,
         )
         if out.returncode != 0:
             raise RuntimeError(f"cold-start child failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -508,6 +548,25 @@ def _drop_page_cache() -> bool:
         return False
 
 
+def combined_targets(results: dict) -> tuple[dict, dict]:
+    """The targets and how each was obtained: a row's figure (40 blocks, measured) where a row has one, else the
+    quick run's (`quick.targets`: measured on a few blocks, or estimated with its formula)."""
+    from_rows = targets(results.get("rows", {}))
+    from_quick: tuple[dict, dict] = ({}, {})
+    if "quick" in results:
+        import quick
+
+        from_quick = quick.targets(results["quick"])
+    values, basis = {}, {}
+    for key, value in from_rows.items():
+        if value is not None:
+            values[key], basis[key] = value, "measured"
+        else:
+            values[key] = from_quick[0].get(key)
+            basis[key] = from_quick[1].get(key, "not measured")
+    return values, basis
+
+
 def _write(out: Path, results: dict, args, argv) -> None:
     results.update(
         gpu=gpu_name(),
@@ -518,8 +577,10 @@ def _write(out: Path, results: dict, args, argv) -> None:
         quality_steps_run=args.quality_steps,
         command=" ".join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
     )
-    results["targets"] = targets(results["rows"])
-    results["baseline"] = results["rows"].get("baseline", {})
+    results["targets"], results["targets_basis"] = combined_targets(results)
+    results["baseline"] = results["rows"].get("baseline") or results.get("quick", {}).get("paths", {}).get(
+        "baseline", {}
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
@@ -527,6 +588,21 @@ def _write(out: Path, results: dict, args, argv) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny sizes: checks the benchmark runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="every figure in one call (bench/quick.py): a few blocks per expert, "
+        "extrapolated to 40, within --budget-s"
+    )  # fmt: skip
+    parser.add_argument(
+        "--blocks", type=int, default=None, help="--quick: blocks per expert that run, of 40 (default 4; smoke 2)"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=270, help="--quick: seconds from process start; a path that would not "
+        "fit is skipped, and one still running 10 s past it is stopped (default 270)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--disk-dir", type=Path, default=None, help="--quick: where the disk read test writes its file "
+        "(default: the temporary directory)"
+    )  # fmt: skip
     parser.add_argument(
         "--rows", default=None, help=f"comma-separated rows (default: all); of {', '.join([*ROWS, 'cold-start'])}"
     )
@@ -548,12 +624,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no GPU here: run with --smoke for the CPU check, or on a GPU machine")
+    if args.quick and args.rows:
+        parser.error("--quick runs every path itself: leave out --rows")
+    if args.blocks is not None and args.blocks < 1:
+        parser.error("--blocks: 1 or more")
+    out = args.out or ROOT / "bench" / "results" / f"{gpu_name()}.json"
+    results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
+    results.setdefault("rows", {})
+    if args.quick:
+        import quick
+
+        print(f"results: {out}", flush=True)  # bench/gpu-check.sh finds the file here, even after a crash
+        return quick.main(args, results, lambda: _write(out, results, args, argv))
+    return run_rows(args, argv, out, results)
+
+
+def run_rows(args, argv, out: Path, results: dict) -> int:
     names = args.rows.split(",") if args.rows else (SMOKE_ROWS if args.smoke else [*ROWS, "cold-start"])
     unknown = [n for n in names if n not in ROWS and n != "cold-start"]
     if unknown:
-        parser.error(f"unknown rows {unknown}; known: {', '.join([*ROWS, 'cold-start'])}")
-    out = args.out or ROOT / "bench" / "results" / f"{gpu_name()}.json"
-    results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
+        raise SystemExit(f"unknown rows {unknown}; known: {', '.join([*ROWS, 'cold-start'])}")
     frames_file = out.with_suffix(".baseline-frames.npz")  # the baseline's frames, for later calls' relative L2
     with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp:
         bench = Bench(args.smoke, args.quality_steps, args.frames or (5 if args.smoke else 81), Path(tmp))

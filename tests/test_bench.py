@@ -1,11 +1,18 @@
-"""bench/ in its CPU smoke mode: the same code as the GPU run (real-size rows), on the tiny model."""
+"""bench/ in its CPU smoke forms: the same code as the GPU runs (quick paths, real-size rows), on the tiny model."""
 
+import ast
 import json
+import os
+import re
 import subprocess
 import sys
+import time
+from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+from pathlib import Path
 
 import pytest
 from helpers import ROOT
+from packaging.requirements import Requirement
 
 TARGETS = {
     "quality_480p_s",
@@ -20,9 +27,248 @@ TARGETS = {
     "err_fp8",
     "err_int8",
 }
+ENGINE_PATHS = {
+    "quality-bf16": ("480p",),
+    "quality-fp8-fbc": ("480p",),
+    "turbo-bf16-swap": ("480p", "720p"),
+    "turbo-fp8": ("480p", "720p"),
+    "quality-fp8": ("480p", "720p"),
+    "quality-bf16-compiled": ("480p",),
+    "quality-int8": ("480p",),
+    "turbo-fp8-loras": ("480p",),
+    "quality-bf16-compiled-static": ("480p",),
+}
+OTHER_PATHS = {"depth-fit", "baseline", "disk", "swap-copy", "vae-decode", "attention", "cold-start"}
 
 
+@pytest.fixture(scope="module")
+def gpu_check(tmp_path_factory):
+    """`bash bench/gpu-check.sh --smoke`: the GPU machine's script end to end, the quick run on the CPU."""
+    work = tmp_path_factory.mktemp("gpu-check")
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "RESULTS": str(work / "cpu-smoke.json"),
+        "OUT": str(work / "out"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu-check.sh"), "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return json.loads((work / "cpu-smoke.json").read_text()), done.stdout, work / "out"
+
+
+def figure(entry: dict, key: str, basis: str) -> float:
+    """The value of a figure of that basis, checking its shape: an estimate carries its formula."""
+    assert entry[key]["basis"] == basis, (key, entry[key])
+    if basis == "estimated":
+        assert entry[key]["formula"], entry[key]
+    return entry[key]["value"]
+
+
+def test_the_quick_smoke_run_writes_every_path_in_the_gpu_runs_shape(gpu_check):
+    results, _, _ = gpu_check
+    quick = results["quick"]
+    assert quick["blocks"] == 2 and quick["blocks_full"] == 40 and quick["setup"]["ok"] is True
+    assert set(quick["paths"]) == set(ENGINE_PATHS) | OTHER_PATHS
+    assert all(entry["ok"] is True for entry in quick["paths"].values()), {
+        name: entry.get("error") for name, entry in quick["paths"].items() if not entry["ok"]
+    }
+    for name in [*ENGINE_PATHS, "baseline"]:  # every job path: per forward, whole job, error, memory
+        for resolution in ENGINE_PATHS.get(name, ("480p",)):
+            job = quick["paths"][name]["resolutions"][resolution]
+            at_n = figure(job, "per_forward_s", "measured")
+            assert 0 < at_n < figure(job, "per_forward_s_at_40", "estimated") < figure(job, "job_s", "estimated")
+            assert {"rel_l2_vs_baseline", "peak_gib", "peak_gib_at_40"} <= set(job)
+            assert job["peak_gib"]["value"] is None and job["peak_gib_at_40"]["value"] is None  # no GPU memory
+            if name in ENGINE_PATHS:
+                assert "fallbacks" in quick["paths"][name] and job["phases_s"]["vae_decode"] > 0
+    paths = quick["paths"]
+    quality = {name: paths[name]["resolutions"]["480p"] for name in ENGINE_PATHS if name.startswith("quality")}
+    for name, job in quality.items():  # our engine against diffusers' own call: the same inputs and seed
+        assert figure(job, "rel_l2_vs_baseline", "measured") < (0.005 if "bf16" in name else 0.02), name
+    assert paths["turbo-fp8"]["resolutions"]["480p"]["rel_l2_vs_baseline"]["value"] is None  # another schedule
+    assert "40 steps x 2 forwards" in quality["quality-bf16"]["job_s"]["formula"]
+    assert "4 steps x 1 forwards" in paths["turbo-fp8"]["resolutions"]["720p"]["job_s"]["formula"]
+    assert paths["quality-fp8-fbc"]["resolutions"]["480p"]["engine"]["step_cache"] == "fbc:0.05"
+    swap = paths["turbo-bf16-swap"]["resolutions"]["480p"]
+    assert swap["engine"]["memory_plan"] == "swap" and "boundary fetch" in swap["job_s"]["formula"]
+    loras = paths["turbo-fp8-loras"]["resolutions"]["480p"]
+    assert loras["phases_s"]["lora_load"] > 0 and "lora_load x 40 / N" in loras["job_s"]["formula"]
+    assert paths["turbo-fp8"]["options"]["warmup"] == "auto"  # the cold start with an empty compile cache
+
+    check = paths["depth-fit"]["480p"]["check"]
+    assert check["blocks"] == 4 and isinstance(check["relative_error"], float) and quick["extrapolation_check"]
+    assert figure(paths["swap-copy"], "fetch_s", "measured") > 0 and paths["swap-copy"]["bytes"] > 0
+    assert figure(paths["disk"], "read_gb_s", "measured") > 0 and paths["disk"]["read_s"]["bf16_copy"]["formula"]
+    assert figure(paths["vae-decode"], "rel_l2_bf16_vs_fp32", "measured") >= 0
+    backends = paths["attention"]["backends"]
+    assert backends["native"]["ok"] and backends["_native_math"]["rel_l2_vs_math"]["value"] == 0
+    assert "_native_cudnn" in backends and "_native_flash" in backends  # no GPU: each says why it did not run
+    cold = paths["cold-start"]["estimates"]
+    assert figure(cold, "cold_start_bf16_s", "estimated") > 0 and figure(cold, "cold_start_prepared_s", "estimated") > 0
+    assert quick["fixed_phases"]["480p"]["encode_mp4_s"]["value"] > 0 and quick["packages"]["torch"]
+
+    assert set(results["targets"]) == TARGETS == set(results["targets_basis"])
+    basis = results["targets_basis"]
+    assert results["targets"]["turbo_480p_s"] == paths["turbo-fp8"]["resolutions"]["480p"]["job_s"]["value"]
+    assert basis["turbo_480p_s"].startswith("estimated: ") and basis["err_int8"].startswith("measured (quick")
+    assert results["targets"]["err_int8"] == paths["quality-int8"]["resolutions"]["480p"]["rel_l2_vs_baseline"]["value"]
+    assert results["targets"]["cold_start_peak_host_gib"] is None and basis["cold_start_peak_host_gib"]
+    assert results["baseline"] == paths["baseline"]
+
+
+def test_gpu_check_prints_a_line_per_path_and_the_table_and_copies_its_files(gpu_check):
+    results, stdout, out = gpu_check
+    for name in results["quick"]["paths"]:
+        assert re.search(rf"^\[ *\d+ s\] {re.escape(name)}: ok in ", stdout, re.MULTILINE), name
+    assert "targets on cpu-smoke (~ estimated):" in stdout and "~" in stdout.split("targets on", 1)[1]
+    assert {p.name for p in out.iterdir()} == {"cpu-smoke.json", "cpu-smoke.png", "gpu-check.log"}
+    assert (out / "cpu-smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_time_budget_skips_what_does_not_fit_and_stops_what_overruns():
+    """quick.run_paths: a failure is its path's result, a path over the budget is stopped (even inside code that
+    catches Exception, as the engine's fallback ladders do), one that would not fit or cannot run is skipped."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quick
+
+    def overruns(entry):
+        try:
+            time.sleep(5)
+        except Exception:  # noqa: BLE001 - the ladders' way: any failure is a step down
+            time.sleep(5)
+
+    def cannot(entry):
+        raise quick.Skipped("needs another path")
+
+    paths = [
+        quick.BenchPath("fine", 0, lambda entry: entry.update(figure=1)),
+        quick.BenchPath("fails", 0, lambda entry: 1 / 0),
+        quick.BenchPath("cannot", 0, cannot),
+        quick.BenchPath("overruns", 0, overruns),
+        quick.BenchPath("too-long", 60, lambda entry: None),
+    ]
+    entries, finished = {}, []
+    began = time.monotonic()
+    quick.run_paths(paths, quick.Budget(0.3, grace_s=0.2), entries, lambda name, entry: finished.append(name))
+    assert time.monotonic() - began < 3
+    assert finished == ["fine", "fails", "cannot", "overruns", "too-long"]
+    assert entries["fine"] == {"ok": True, "figure": 1, "seconds": entries["fine"]["seconds"]}
+    assert entries["fails"]["ok"] is False and entries["fails"]["error"].startswith("ZeroDivisionError")
+    assert entries["cannot"]["ok"] is None and entries["cannot"]["skipped"] == "needs another path"
+    assert entries["overruns"]["ok"] is False and "past the time budget" in entries["overruns"]["error"]
+    assert entries["too-long"]["ok"] is None and entries["too-long"]["skipped"] == "time budget"
+
+
+# ---- the wheels a GPU machine without network installs ------------------------------------------------
+def shell_array(script: Path, name: str) -> list[str]:
+    found = re.search(rf"^{name}=\(([^)]*)\)", script.read_text(), re.MULTILINE)
+    return found.group(1).split()
+
+
+def normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+MACHINE = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "os_name": "posix"}
+MACHINE |= {"platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython", "extra": ""}
+MACHINE |= {"platform_python_implementation": "CPython"}
+
+
+def requirements(name: str) -> set[str]:
+    """The distributions `name` requires on the GPU machine (CPython 3.12, Linux), from its installed metadata."""
+    try:
+        required = distribution(name).requires or []
+    except PackageNotFoundError:
+        return set()
+    chosen = (Requirement(line) for line in required)
+    return {normalised(r.name) for r in chosen if r.marker is None or r.marker.evaluate(MACHINE)}
+
+
+def closure(names: list[str]) -> set[str]:
+    seen, todo = set(), [normalised(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += requirements(name)
+    return seen
+
+
+def imports(path: Path, module: str) -> set[str]:
+    """Every module `path` imports (in functions too), relative imports resolved against `module`."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join([*parts[: len(parts) - node.level + 1], *([node.module] if node.module else [])])
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return found
+
+
+def worker_file(module: str) -> Path | None:
+    base = ROOT / "src" / Path(*module.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def bench_imports() -> set[str]:
+    """The top-level names of what bench/run.py --quick imports: the bench's files, and every worker module they
+    reach (its packages' __init__ too)."""
+    bench = ["bench/run.py", "bench/quick.py", "bench/chart.py", "builder/tiny_model.py"]
+    found = set().union(*(imports(ROOT / f, Path(f).stem) for f in bench))
+    todo, seen = [m for m in found if m.startswith("wan_i2v")], set()
+    while todo:
+        parts = todo.pop().split(".")
+        for module in (".".join(parts[:i]) for i in range(1, len(parts) + 1)):
+            path = worker_file(module)
+            if module not in seen and path is not None:
+                seen.add(module)
+                reached = imports(path, module)
+                found |= reached
+                todo += [m for m in reached if m.startswith("wan_i2v")]
+    local = {"wan_i2v", "run", "quick", "chart", "tiny_model", "__future__"}
+    return {m.split(".")[0] for m in found} - local - set(sys.stdlib_module_names)
+
+
+def test_the_wheel_list_covers_what_the_bench_imports_beyond_the_gpu_machines_packages():
+    """bench/fetch-wheels.sh's WHEELS: with the GPU machine's packages (PRESENT and their dependencies, less those
+    it is known to lack), every distribution the bench imports is there, and so is every one the wheels require
+    (but those never imported on Python 3.12, UNUSED)."""
+    script = ROOT / "bench" / "fetch-wheels.sh"
+    for shell in (script, ROOT / "bench" / "gpu-check.sh"):
+        subprocess.run(["bash", "-n", str(shell)], check=True)
+    wheels = {normalised(n) for n in shell_array(script, "WHEELS")}
+    present = closure(shell_array(script, "PRESENT")) - {normalised(n) for n in shell_array(script, "ABSENT")}
+    pinned = re.findall(r"^([A-Za-z0-9._-]+)==", (ROOT / "builder" / "requirements.txt").read_text(), re.MULTILINE)
+    pins = {normalised(name) for name in pinned}
+    assert wheels <= pins, wheels - pins  # the versions the worker ships
+
+    owners = packages_distributions()
+    uploads_only = {"boto3", "botocore"}  # the storage module's lazy imports: the quick run uploads nothing
+    imported = {normalised(d) for name in bench_imports() - uploads_only for d in owners.get(name, [name])}
+    assert {"diffusers", "torchao", "pydantic", "imageio-ffmpeg", "torch"} <= imported  # the walk sees them
+    assert imported - present <= wheels, imported - present - wheels
+    required = set().union(*(requirements(name) for name in wheels))
+    unused = {normalised(n) for n in shell_array(script, "UNUSED")}
+    assert required - unused <= present | wheels, required - unused - present - wheels
+
+
+# ---- the slow mode's rows -----------------------------------------------------------------------------
+@pytest.mark.load
 def test_the_benchmark_smoke_run_writes_results_of_the_gpu_shape(tmp_path):
+    """bench/run.py --smoke: the rows' code (the quick run covers the same engine paths in the default tier)."""
     out = tmp_path / "cpu-smoke.json"
     subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)], check=True, timeout=300
@@ -46,6 +292,7 @@ def test_the_benchmark_smoke_run_writes_results_of_the_gpu_shape(tmp_path):
     assert rows["quality-fp8-fbc"]["480p"]["engine"]["step_cache"] == "fbc:0.05"
     assert results["targets"]["turbo_480p_s"] == rows["turbo-fp8"]["480p"]["job_s"] > 0
     assert results["targets"]["err_int8"] == rows["quality-int8"]["480p"]["rel_l2_vs_baseline"]
+    assert set(results["targets_basis"]) == TARGETS and results["targets_basis"]["turbo_480p_s"] == "measured"
 
     chart = tmp_path / "chart.png"
     subprocess.run([sys.executable, str(ROOT / "bench" / "chart.py"), str(out), str(chart)], check=True)

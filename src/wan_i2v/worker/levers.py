@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -80,9 +80,7 @@ class Fallback:
     why: str
 
     def as_dict(self) -> dict:
-        data = asdict(self)
-        data["from"] = data.pop("from_")
-        return {key: data[key] for key in ("what", "from", "to", "why")}
+        return {"what": self.what, "from": self.from_, "to": self.to, "why": self.why}
 
 
 def below(what: str, rung: str) -> str | None:
