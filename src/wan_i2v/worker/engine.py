@@ -326,7 +326,7 @@ class Engine:
             apply_attention(list(experts.values()), attention)
 
         compile_cache = CompileCache(options.compile_cache if how != "off" else None)
-        cache_state = compile_cache.state() if how != "off" else "unused (not compiling)"
+        cache_state = compile_cache.state()  # before compiling fills it
         cold.measure_host_memory()  # the loading is done: what follows runs on the device
         if how != "off":
             with cold.step("compile"):
