@@ -123,6 +123,7 @@ def test_a_quantisation_over_its_self_check_bound_falls_back_and_says_so(tiny_mo
     )
     # The rung that failed left the weights as they were: the frames of a worker that never quantised.
     assert fallen.quant == "none" and fallen.cold_start.facts.get("quantised_linears") is None
+    assert fallen.cold_start.facts["self_check"]["quantise"] == {"not_checked": "fell back to none"}
     assert np.array_equal(fallen.generate(params(), FIRST).frames, engine.generate(params(), FIRST).frames)
 
 

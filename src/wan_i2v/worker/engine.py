@@ -287,7 +287,8 @@ class Engine:
                         probe = Probe(expert.config, device, dtype) if checkable else None
                         quant, count, error = choose_quant(expert, quant, ladder, probe, device)
                     quant_checked, quantised = True, quantised + count
-                    cold.facts["self_check"] = {"quantise": _error_or_why(error, "offload plan: not on the GPU")}
+                    why_not = "fell back to none" if quant == "none" else "offload plan: the expert is not on the GPU"
+                    cold.facts["self_check"] = {"quantise": _error_or_why(error, why_not)}
                 elif quant != "none":
                     with cold.step("quantise"):
                         quantised += quantize_expert(expert, quant)
