@@ -120,7 +120,40 @@ def table(results: dict) -> str:
                 )
             if entry.get("error"):
                 lines.append(f"    {entry['error'][:200]}")
+    for source, entry in (
+        ("quick", paths.get("interpolation")),
+        ("rows", results.get("rows", {}).get("interpolation")),
+    ):
+        if isinstance(entry, dict) and entry.get("cases"):
+            lines += interpolation_lines(entry, source)
     return "\n".join(lines)
+
+
+def interpolation_lines(entry: dict, source: str) -> list[str]:
+    """bench/interpolation.py's row: a line per resolution and factor, the targets and the quality margins."""
+    lines = [
+        f"interpolation ({source}): RIFE {entry.get('weights')} weights, {entry.get('dtype')}, {entry.get('device')}",
+        f"  {'case':<10} {'size':<10} {'frames':>11} {'s':>8} {'s/new':>8} {'peak+ GiB':>10} {'pairs/batch':>11} ok",
+    ]
+    for name, case in entry["cases"].items():
+        frames = f"{case.get('frames_in')}->{case.get('frames_out')}"
+        lines.append(
+            f"  {name:<10} {case.get('size', ''):<10} {frames:>11} {_number(case.get('seconds')):>8} "
+            f"{_number(case.get('per_new_frame_s')):>8} {_number(case.get('peak_extra_gib')):>10} "
+            f"{_number(case.get('pairs_per_batch')):>11} {case.get('ok')}"
+        )
+    for name, check in entry.get("targets", {}).items():
+        shown = "-" if check.get("value") is None else f"{check['value']:g}"
+        lines.append(f"  target {name:<24} {shown:>8} <= {check.get('target'):<5} met: {check.get('met')}")
+    quality = entry.get("quality", {})
+    for method in ("rife", "ffmpeg"):
+        if method in quality:
+            figure = quality[method]
+            how = (
+                f"dB over repetition ({quality.get('size')})" if figure.get("value") is not None else figure.get("why")
+            )
+            lines.append(f"  margin {method:<8} {_number(figure):>8} {how}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

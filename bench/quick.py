@@ -330,6 +330,7 @@ class Quick:
         self.sizes = run.SMOKE_SIZES if args.smoke else run.SIZES
         self.work, self.budget = work, budget
         self.disk_dir = args.disk_dir or work
+        self.rife_weights, self.model_dir = getattr(args, "rife_weights", None), getattr(args, "model_dir", None)
         self.reps = 1 if args.smoke else 2
         self.compile_dir = work / "compile-cache"
         self.fit: dict[str, float] = {}  # resolution -> t0, the expert forward with no block
@@ -570,6 +571,7 @@ class Quick:
             ("turbo-bf16-swap", 25, self.engine_path("turbo-bf16-swap")),
             ("vae-decode", 12, self.path_vae_decode),
             ("attention", 12, self.path_attention),
+            ("interpolation", 30, self.path_interpolation),  # before the compiled paths: its targets are the issue's
             ("turbo-fp8", 60, self.engine_path("turbo-fp8", cold=True)),
             ("quality-fp8", 40, self.engine_path("quality-fp8")),
             ("cold-start", 30, self.path_cold_start),
@@ -579,6 +581,16 @@ class Quick:
             ("quality-bf16-compiled-static", 40, self.engine_path("quality-bf16-compiled-static")),
         ]
         return [BenchPath(name, 0 if self.smoke else needs, measure) for name, needs, measure in order]
+
+    def path_interpolation(self, entry: dict) -> None:
+        """bench/interpolation.py's row: RIFE through the worker's stage at each resolution, k = 2 and 4, the
+        margins over frame repetition, the targets."""
+        import interpolation
+
+        interpolation.row(self.sizes, self.frames, self.smoke, self.rife_weights, self.model_dir, entry)
+        failed = [name for name, case in entry["cases"].items() if not case["ok"]]
+        if failed:
+            raise RuntimeError(f"interpolation cases failed (frame count, kept frames or pairs): {failed}")
 
     def path_depth_fit(self, entry: dict) -> None:
         """The expert forward with 0 and N blocks at each resolution (bf16, eager), and the 2N check at 480p."""
@@ -978,6 +990,9 @@ def headline(name: str, entry: dict) -> str:
             f"~{value(figures.get('per_forward_s_at_40'))} s at 40; job ~{value(figures.get('job_s'))} s; "
             f"rel L2 {value(figures.get('rel_l2_vs_baseline'))}"
         )
+    for case, figures in entry.get("cases", {}).items():  # the interpolation path
+        peak = value(figures.get("peak_extra_gib"))
+        parts.append(f"{case} {value(figures.get('seconds'))} s" + (f", peak +{peak} GiB" if peak is not None else ""))
     if "error" in entry:
         parts.append(entry["error"][:300])
     return "; ".join(parts)

@@ -6,6 +6,7 @@
     python bench/run.py --rows baseline,turbo-fp8        # GPU, real-size random weights, rows merged into
                                                          # bench/results/<gpu>.json; each call under 10 minutes
     python bench/run.py --smoke                          # the rows' code on the CPU, tiny model
+    python bench/run.py --rows interpolation             # GPU: frame interpolation (bench/interpolation.py)
 
 On a GPU it builds the real-size Wan2.2 I2V-A14B pipeline (two 14B experts with the real configs,
 UMT5-XXL, the Wan VAE) with random weights directly on the GPU: no download, and a forward costs the
@@ -86,8 +87,10 @@ ROWS = {
     "quality-bf16-swap-720p": ("quality", {"quant": "none", "compile": "off", "memory_plan": "swap"}, ("720p",)),
 }
 SMOKE_ROWS = [
-    "baseline", "quality-bf16", "quality-fp8-fbc", "quality-int8", "turbo-fp8", "turbo-fp8-loras", "turbo-bf16-swap"
+    "baseline", "quality-bf16", "quality-fp8-fbc", "quality-int8", "turbo-fp8", "turbo-fp8-loras", "turbo-bf16-swap",
+    "interpolation",
 ]  # fmt: skip
+OTHER_ROWS = ("cold-start", "interpolation")  # rows of their own code, outside ROWS
 USER_LORA_RANK = 32
 
 
@@ -604,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the temporary directory)"
     )  # fmt: skip
     parser.add_argument(
-        "--rows", default=None, help=f"comma-separated rows (default: all); of {', '.join([*ROWS, 'cold-start'])}"
+        "--rows", default=None, help=f"comma-separated rows (default: all); of {', '.join([*ROWS, *OTHER_ROWS])}"
     )
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default 81; smoke 5)")
     parser.add_argument(
@@ -616,6 +619,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cold-start-layers", type=int, default=None, help="blocks per expert in the cold-start row's copy "
         "(default: 40, or fewer where the disk is short)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--rife-weights", type=Path, default=None, help="interpolation: RIFE's weights (a file, or a folder with "
+        "one); without them (nor --model-dir) the row times random weights and gives no RIFE margin"
+    )  # fmt: skip
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="interpolation: a model folder; RIFE's weights are looked "
+        "for in its interpolation/ as the worker looks"
     )  # fmt: skip
     parser.add_argument("--cold-start-child", type=Path, nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -640,10 +651,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_rows(args, argv, out: Path, results: dict) -> int:
-    names = args.rows.split(",") if args.rows else (SMOKE_ROWS if args.smoke else [*ROWS, "cold-start"])
-    unknown = [n for n in names if n not in ROWS and n != "cold-start"]
+    names = args.rows.split(",") if args.rows else (SMOKE_ROWS if args.smoke else [*ROWS, *OTHER_ROWS])
+    unknown = [n for n in names if n not in ROWS and n not in OTHER_ROWS]
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; known: {', '.join([*ROWS, 'cold-start'])}")
+        raise SystemExit(f"unknown rows {unknown}; known: {', '.join([*ROWS, *OTHER_ROWS])}")
     frames_file = out.with_suffix(".baseline-frames.npz")  # the baseline's frames, for later calls' relative L2
     with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp:
         bench = Bench(args.smoke, args.quality_steps, args.frames or (5 if args.smoke else 81), Path(tmp))
@@ -658,6 +669,10 @@ def run_rows(args, argv, out: Path, results: dict) -> int:
             try:
                 if name == "cold-start":
                     row = cold_start_row(Path(tmp), args.smoke, args.cold_start_layers)
+                elif name == "interpolation":
+                    import interpolation
+
+                    row = interpolation.row(bench.sizes, bench.frames, args.smoke, args.rife_weights, args.model_dir)
                 elif name == "baseline":
                     row = bench.baseline(("480p",) if args.smoke else ("480p", "720p"))
                     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,10 @@
 
 It also writes a tiny turbo LoRA pair into DIR/turbo-lora/, in the key layout of the published
 lightx2v Wan2.2-Distill-Loras I2V files (see `write_lora_pair`), so that `WAN_MODEL=DIR` serves turbo
-jobs and the real LoRA reading and fusing code runs in tests; and example user LoRA pairs into
-DIR/loras/ in the key layouts trainers write (see `write_user_loras`), for `WAN_LORA_DIR=DIR/loras`.
+jobs and the real LoRA reading and fusing code runs in tests; example user LoRA pairs into
+DIR/loras/ in the key layouts trainers write (see `write_user_loras`), for `WAN_LORA_DIR=DIR/loras`;
+and random RIFE v4.26 weights into DIR/interpolation/flownet.pkl, as the published file holds them
+(`write_rife`), so that interpolation jobs run the real loading and RIFE code.
 
 Same classes and folder layout as Wan-AI/Wan2.2-I2V-A14B-Diffusers (two WanTransformer3DModel
 experts with boundary_ratio 0.9, AutoencoderKLWan with z_dim 16, UMT5EncoderModel, a T5 tokenizer,
@@ -277,7 +279,22 @@ def write_user_loras(dest: Path, config, rank: int = 4, seed: int = 100, std: fl
     return files
 
 
-def write_tiny_model(dest: Path, seed: int = 0, turbo_lora: bool = True, max_shard_size: str | None = None) -> Path:
+def write_rife(path: Path, seed: int = 0) -> Path:
+    """Random RIFE v4.26 weights in the published `flownet.pkl`'s form: a torch-saved state dict whose keys
+    carry DataParallel's `module.` prefix. The architecture is small (5.7 M parameters), so these are its
+    real shapes (22.7 MB in fp32); only the values are random."""
+    from wan_i2v.worker.interpolation.rife import IFNet
+
+    torch.manual_seed(seed)
+    state = {f"module.{key}": value.contiguous() for key, value in IFNet().state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def write_tiny_model(
+    dest: Path, seed: int = 0, turbo_lora: bool = True, max_shard_size: str | None = None, rife: bool = True
+) -> Path:
     """The tiny pipeline in fp32 (as the hub publishes the real experts), with a provenance file saying so;
     `max_shard_size` (e.g. "40KB") splits the large parts into indexed shards, as the real ones are."""
     dest = Path(dest)
@@ -291,6 +308,8 @@ def write_tiny_model(dest: Path, seed: int = 0, turbo_lora: bool = True, max_sha
         # A larger spread than a real LoRA's, so that the tiny model's frames visibly change with it.
         write_lora_pair(dest / "turbo-lora", pipe.transformer.config, rank=4, seed=seed + 10, std=0.1)
     write_user_loras(dest / "loras", pipe.transformer.config, seed=seed + 100)
+    if rife:
+        write_rife(dest / "interpolation" / "flownet.pkl", seed=seed + 200)
     return dest
 
 
@@ -299,9 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", type=Path, help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--no-turbo-lora", action="store_true", help="do not write DIR/turbo-lora/")
+    parser.add_argument("--no-rife", action="store_true", help="do not write DIR/interpolation/ (RIFE weights)")
     parser.add_argument("--max-shard-size", help="split the weights into indexed shards of this size (e.g. 40KB)")
     args = parser.parse_args(argv)
-    path = write_tiny_model(args.dest, args.seed, turbo_lora=not args.no_turbo_lora, max_shard_size=args.max_shard_size)
+    path = write_tiny_model(
+        args.dest,
+        args.seed,
+        turbo_lora=not args.no_turbo_lora,
+        max_shard_size=args.max_shard_size,
+        rife=not args.no_rife,
+    )
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(f"wrote tiny Wan2.2 I2V pipeline to {path} ({size / 1e6:.1f} MB)")
     return 0

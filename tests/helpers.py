@@ -201,13 +201,22 @@ OUTPUT = {
     "mode": "quality",
     "sample_steps": 15,
     "frame_num": 17,
+    "interpolate": 1,
+    "frames_in_video": 17,
     "width": 832,
     "height": 480,
     "fps": 16,
     "seed": 1,
     "model": "tiny",
     "storage": "s3",
-    "timings": {**dict.fromkeys(PHASES, 1.0), "total": 12.5, "mode_switch": 0.0, "lora_fetch": 0.0, "lora_load": 0.0},
+    "timings": {
+        **dict.fromkeys(PHASES, 1.0),
+        "total": 12.5,
+        "mode_switch": 0.0,
+        "lora_fetch": 0.0,
+        "lora_load": 0.0,
+        "interpolate": 0.0,
+    },
     "loras": [],
 }
 

@@ -106,6 +106,12 @@ def test_estimate_from_the_baseline_or_from_measured_jobs_of_the_same_shape():
     # Turbo: 4 steps by default, no guidance, and never averaged with quality jobs of the same steps.
     assert estimate_seconds({"mode": "turbo"}) == pytest.approx(4 * 3.29 + 3.2)
     assert estimate_seconds({"mode": "turbo", "sample_steps": 15}, measured) == pytest.approx(15 * 3.29 + 3.2)
+    # Interpolation adds its new frames' seconds, RIFE by default, and is never averaged with plain jobs.
+    turbo = 4 * 3.29 + 3.2
+    assert estimate_seconds({"mode": "turbo", "interpolate": 2}) == pytest.approx(turbo + 80 * 0.019)
+    four = estimate_seconds({"mode": "turbo", "interpolate": 4, "interpolate_model": "ffmpeg", "resolution": "720p"})
+    assert four == pytest.approx(4 * 12.29 + 8.0 + 240 * 0.23)
+    assert estimate_seconds({"sample_steps": 15, "interpolate": 2}, measured) != 15.0
 
 
 def test_the_retry_rule():
@@ -189,6 +195,7 @@ def test_the_index_takes_its_columns_from_the_typed_output(tmp_path):
 
 
 # ---- whole batches ------------------------------------------------------------------------------
+@pytest.mark.load  # four whole jobs and a scale-down wait (a minute); the default tier runs a batch through the dev endpoint below
 def test_batch_of_four_with_worker_management(endpoint_factory, tmp_path):
     endpoint = endpoint_factory()
     images, prompts = make_inputs(tmp_path, 2, ["the sun sets", "clouds drift\nslowly by"])

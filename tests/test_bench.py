@@ -38,7 +38,13 @@ ENGINE_PATHS = {
     "turbo-fp8-loras": ("480p",),
     "quality-bf16-compiled-static": ("480p",),
 }
-OTHER_PATHS = {"depth-fit", "baseline", "disk", "swap-copy", "vae-decode", "attention", "cold-start"}
+OTHER_PATHS = {"depth-fit", "baseline", "disk", "swap-copy", "vae-decode", "attention", "cold-start", "interpolation"}
+INTERPOLATION_CASES = {
+    "480p_k2": (2, "64x48"),
+    "480p_k4": (4, "64x48"),
+    "720p_k2": (2, "96x64"),
+    "720p_k4": (4, "96x64"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,27 @@ def figure(entry: dict, key: str, basis: str) -> float:
     if basis == "estimated":
         assert entry[key]["formula"], entry[key]
     return entry[key]["value"]
+
+
+def check_interpolation(entry: dict, frames: int = 5) -> None:
+    """bench/interpolation.py's row at the smoke sizes: the four cases, (F - 1) * k + 1 frames each, every pair
+    moving, the ffmpeg margin positive, RIFE's not measured without real weights, the targets open on a CPU."""
+    assert entry["ok"] is True and entry["weights"] == "random" and entry["dtype"] == "float32"
+    assert set(entry["cases"]) == set(INTERPOLATION_CASES)
+    for name, (factor, size) in INTERPOLATION_CASES.items():
+        case = entry["cases"][name]
+        assert case["ok"] is True and case["size"] == size and case["factor"] == factor, (name, case)
+        assert case["frames_in"] == frames and case["frames_out"] == (frames - 1) * factor + 1
+        assert case["new_frames"] == (frames - 1) * (factor - 1) and case["moving_pairs"] == frames - 1
+        assert figure(case, "seconds", "measured") > 0 and figure(case, "per_new_frame_s", "measured") > 0
+        assert case["peak_extra_gib"]["basis"] == "not measured"  # no GPU memory on the CPU
+        assert figure(case, "pairs_per_batch", "measured") == frames - 1  # the CPU budget holds every pair
+        assert figure(case, "planned_pairs_per_batch", "estimated") >= frames - 1
+    quality = entry["quality"]
+    assert figure(quality, "ffmpeg", "measured") > 0 and quality["ffmpeg"]["kept_unchanged"] is True
+    assert quality["rife"] == {"value": None, "basis": "not measured", "why": "no real RIFE weights"}
+    assert set(entry["targets"]) == {"480p_k2_seconds", "720p_k4_seconds", "720p_k4_peak_extra_gib"}
+    assert all(check["met"] is None for check in entry["targets"].values())
 
 
 def test_the_quick_smoke_run_writes_every_path_in_the_gpu_runs_shape(gpu_check):
@@ -114,6 +141,7 @@ def test_the_quick_smoke_run_writes_every_path_in_the_gpu_runs_shape(gpu_check):
     cold = paths["cold-start"]["estimates"]
     assert figure(cold, "cold_start_bf16_s", "estimated") > 0 and figure(cold, "cold_start_prepared_s", "estimated") > 0
     assert quick["fixed_phases"]["480p"]["encode_mp4_s"]["value"] > 0 and quick["packages"]["torch"]
+    check_interpolation(paths["interpolation"])
 
     assert set(results["targets"]) == TARGETS == set(results["targets_basis"])
     basis = results["targets_basis"]
@@ -129,6 +157,7 @@ def test_gpu_check_prints_a_line_per_path_and_the_table_and_copies_its_files(gpu
     for name in results["quick"]["paths"]:
         assert re.search(rf"^\[ *\d+ s\] {re.escape(name)}: ok in ", stdout, re.MULTILINE), name
     assert "targets on cpu-smoke (~ estimated):" in stdout and "~" in stdout.split("targets on", 1)[1]
+    assert "interpolation (quick): RIFE random weights" in stdout and "margin ffmpeg" in stdout
     assert {p.name for p in out.iterdir()} == {"cpu-smoke.json", "cpu-smoke.png", "gpu-check.log"}
     assert (out / "cpu-smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -165,6 +194,35 @@ def test_the_time_budget_skips_what_does_not_fit_and_stops_what_overruns():
     assert entries["cannot"]["ok"] is None and entries["cannot"]["skipped"] == "needs another path"
     assert entries["overruns"]["ok"] is False and "past the time budget" in entries["overruns"]["error"]
     assert entries["too-long"]["ok"] is None and entries["too-long"]["skipped"] == "time budget"
+
+
+def test_the_interpolation_rows_clip_and_its_rife_margin_with_weights_found(tmp_path):
+    """bench/interpolation.py: the device clip is bench/motion.py's texture (16 fps: every other frame), and with
+    RIFE weights found (here a random state dict in the published file's place) the row loads them through the
+    stage and measures RIFE's margin too (meaningless figures for random weights: the code path is checked)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import interpolation
+    import numpy as np
+    import torch
+    from motion import synthetic_clip
+    from safetensors.torch import save_file
+
+    from wan_i2v.worker.interpolation.rife import IFNet
+
+    made = interpolation.moving_clip(5, 48, 80, seed=3).numpy()
+    expected = synthetic_clip(9, 48, 80, seed=3)[::2]
+    assert made.dtype == np.uint8 and np.abs(made.astype(int) - expected.astype(int)).max() <= 1
+
+    folder = tmp_path / "model" / "interpolation"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_file(IFNet().state_dict(), str(folder / "rife.safetensors"))
+    entry = interpolation.row({"480p": (64, 48)}, 3, smoke=True, model_dir=tmp_path / "model")
+    assert entry["weights"] == str(folder / "rife.safetensors") and entry["ok"] is True
+    assert set(entry["cases"]) == {"480p_k2", "480p_k4"} and entry["cases"]["480p_k4"]["frames_out"] == 9
+    rife = entry["quality"]["rife"]
+    assert rife["basis"] == "measured" and isinstance(rife["value"], float) and rife["kept_unchanged"] is True
+    assert entry["targets"]["720p_k4_seconds"]["value"] is None  # no 720p case in this call
 
 
 # ---- the wheels a GPU machine without network installs ------------------------------------------------
@@ -226,7 +284,8 @@ def worker_file(module: str) -> Path | None:
 def bench_imports() -> set[str]:
     """The top-level names of what bench/run.py --quick imports: the bench's files, and every worker module they
     reach (its packages' __init__ too)."""
-    bench = ["bench/run.py", "bench/quick.py", "bench/chart.py", "builder/tiny_model.py"]
+    bench = ["bench/run.py", "bench/quick.py", "bench/chart.py", "bench/interpolation.py", "bench/motion.py"]
+    bench.append("builder/tiny_model.py")
     found = set().union(*(imports(ROOT / f, Path(f).stem) for f in bench))
     todo, seen = [m for m in found if m.startswith("wan_i2v")], set()
     while todo:
@@ -238,7 +297,7 @@ def bench_imports() -> set[str]:
                 reached = imports(path, module)
                 found |= reached
                 todo += [m for m in reached if m.startswith("wan_i2v")]
-    local = {"wan_i2v", "run", "quick", "chart", "tiny_model", "__future__"}
+    local = {"wan_i2v", "run", "quick", "chart", "interpolation", "motion", "tiny_model", "__future__"}
     return {m.split(".")[0] for m in found} - local - set(sys.stdlib_module_names)
 
 
@@ -293,6 +352,7 @@ def test_the_benchmark_smoke_run_writes_results_of_the_gpu_shape(tmp_path):
     assert results["targets"]["turbo_480p_s"] == rows["turbo-fp8"]["480p"]["job_s"] > 0
     assert results["targets"]["err_int8"] == rows["quality-int8"]["480p"]["rel_l2_vs_baseline"]
     assert set(results["targets_basis"]) == TARGETS and results["targets_basis"]["turbo_480p_s"] == "measured"
+    check_interpolation(rows["interpolation"])
 
     chart = tmp_path / "chart.png"
     subprocess.run([sys.executable, str(ROOT / "bench" / "chart.py"), str(out), str(chart)], check=True)

@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from helpers import ROOT
 from packaging.requirements import Requirement
 
@@ -162,7 +163,9 @@ def test_hub_files_use_only_the_hubs_documented_fields_and_presets_are_real_sett
             {"image": "https://example.com/a.png"}, settings.engine.default_mode, settings.default_resolution
         )
         settled.append((job.mode, job.resolution, job.sample_steps))  # what a job naming neither runs
-    assert settled == [("turbo", "480p", 4), ("quality", "480p", 30), ("turbo", "720p", 4)]  # the first is the default
+    assert settled == [  # the first is the default
+        ("turbo", "480p", 4), ("quality", "480p", 30), ("turbo", "720p", 4), ("turbo", "480p", 4)
+    ]  # fmt: skip
     inputs = {entry["key"]: entry["input"] for entry in config["env"] if "input" in entry}
     for key, value in config["presets"][0]["defaults"].items():  # a listing with no preset chosen is the first
         assert str(inputs[key].get("default", value)) == str(value), key
@@ -188,3 +191,209 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines()
     assert "set -euo pipefail" in ci  # pytest's exit code 5 (no tests) fails CI too
+
+
+# ---- RIFE v4.26, baked by the builder (README, "Smooth video") --------------------------------------------------
+def builder():
+    sys.path.insert(0, str(ROOT / "builder"))
+    import fetch_weights
+
+    return fetch_weights
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rife_zip(path: Path, flownet: Path) -> tuple[Path, str]:
+    """A zip laid out as hzwer/RIFE's RIFEv4.26_0921.zip: the weights in a folder, macOS shadows beside them."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zipped:
+        zipped.writestr("RIFEv4.26_0921/", b"")
+        zipped.write(flownet, "RIFEv4.26_0921/flownet.pkl")
+        zipped.writestr("__MACOSX/._flownet.pkl", b"\x00\x05\x16\x07 not weights")
+        zipped.writestr("__MACOSX/RIFEv4.26_0921/._flownet.pkl", b"\x00\x05\x16\x07 not weights")
+    return path, sha256(path)
+
+
+@pytest.fixture(scope="module")
+def rife_files(tmp_path_factory):
+    """Random weights in the published flownet.pkl's form, and the pipeline without any RIFE weights."""
+    sys.path.insert(0, str(ROOT / "builder"))
+    from tiny_model import write_rife
+
+    folder = tmp_path_factory.mktemp("rife")
+    return write_rife(folder / "flownet.pkl", seed=7)
+
+
+@pytest.fixture(scope="module")
+def bare_pipeline(tiny_model, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("bare") / "pipeline"
+    shutil.copytree(tiny_model, dest, ignore=shutil.ignore_patterns("interpolation"))
+    return dest
+
+
+def weights_layer(root: Path) -> Path:
+    """The files the Dockerfile copies before its weights RUN, laid out as in the image's /app."""
+    before_run = DOCKERFILE.split("fetch_weights.py --model")[0]
+    for line in re.findall(r"^COPY (.+)$", before_run, re.MULTILINE):
+        *sources, target = line.split()
+        for source in sources:
+            into = root / target / Path(source).name if target.endswith("/") else root / target
+            into.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / source, into)
+    return root
+
+
+def test_the_builder_bakes_rife_from_a_local_zip_with_the_images_weights_layer_alone(
+    rife_files, bare_pipeline, tmp_path, capsys
+):
+    """From the files the image's weights layer holds (no worker package beyond them), no network: the zip's
+    flownet.pkl becomes interpolation/rife-v4.26.safetensors, equal tensor for tensor, with its provenance."""
+    import torch
+
+    from wan_i2v.worker.interpolation.rife import load_rife, published_keys
+    from wan_i2v.worker.interpolation.stage import find_weights
+    from wan_i2v.worker.settings import InterpolationOptions
+
+    archive, digest = rife_zip(tmp_path / "RIFEv4.26_0921.zip", rife_files)
+    layer, dest = weights_layer(tmp_path / "app"), tmp_path / "models"
+    run = (
+        "import runpy, sys\n"
+        f"sys.path[:] = [{str(layer / 'src')!r}] + [p for p in sys.path if p != {str(ROOT / 'src')!r}]\n"
+        "import wan_i2v\n"
+        f"assert wan_i2v.__file__.startswith({str(layer)!r}), wan_i2v.__file__\n"
+        "sys.argv[0] = 'fetch_weights.py'\n"
+        f"runpy.run_path({str(layer / 'builder' / 'fetch_weights.py')!r}, run_name='__main__')\n"
+    )
+    args = ["--source", str(bare_pipeline), "--dest", str(dest), "--dtype", "as-published"]
+    args += ["--rife-source", str(archive), "--rife-sha256", digest]
+    done = subprocess.run([sys.executable, "-c", run, *args], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    baked = dest / "interpolation" / "rife-v4.26.safetensors"
+    assert f"RIFE weights: {baked} from sha256 {digest}" in done.stdout
+    assert sorted(p.name for p in (dest / "interpolation").iterdir()) == ["provenance.json", baked.name]
+    assert not (dest / ".staging").exists() and not list(dest.rglob("*.partial"))
+
+    model = load_rife(baked, torch.device("cpu"))  # strict: every key, every shape
+    published = published_keys(torch.load(rife_files, weights_only=True))
+    loaded = model.state_dict()
+    assert loaded.keys() == published.keys()
+    assert all(torch.equal(loaded[key], value) for key, value in published.items())
+    assert find_weights(InterpolationOptions(), dest) == (baked, str(dest / "interpolation"))
+    facts = json.loads((dest / "interpolation" / "provenance.json").read_text())
+    assert facts["sha256"] == digest and facts["flownet_sha256"] == sha256(rife_files)
+    assert facts["safetensors_sha256"] == sha256(baked) and facts["file"] == archive.name
+    assert facts["source"] == f"local file {archive}" and facts["date"].endswith("Z")
+
+    fetch_weights = builder()
+    before = baked.stat().st_mtime_ns
+    assert fetch_weights.main(args) == 0  # again: the same file is not baked twice
+    assert "already baked from sha256" in capsys.readouterr().out and baked.stat().st_mtime_ns == before
+    assert fetch_weights.main(["--verify-only", "--dest", str(dest)]) == 0  # the worker's own lookup and load
+    assert "RIFE 4.26 weights: interpolation/rife-v4.26.safetensors" in capsys.readouterr().out
+
+
+def test_a_rife_file_with_another_hash_fails_the_build_naming_both_and_leaves_nothing(
+    rife_files, bare_pipeline, tmp_path, monkeypatch, capsys
+):
+    import huggingface_hub
+
+    fetch_weights = builder()
+    archive, digest = rife_zip(tmp_path / "RIFEv4.26_0921.zip", rife_files)
+    asked = []
+
+    def hf_hub_download(repo_id, filename, revision, local_dir):  # the hub, serving another file
+        asked.append((repo_id, filename, revision))
+        Path(local_dir).mkdir(parents=True)
+        return shutil.copyfile(archive, Path(local_dir) / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    dest = tmp_path / "models"
+    assert fetch_weights.main(["--dest", str(dest)]) == 1  # every RIFE default: the published zip
+    assert asked == [("hzwer/RIFE", "RIFEv4.26_0921.zip", "01fdc7e97404120c243c3ea7b427046e5dc7643e")]
+    published = "1fa9b9cda3d9b8c3e301359e2595960902f97bf926c08598b0e9957a3f3f760e"
+    err = capsys.readouterr().err
+    assert f"sha256 {digest}, expected {published}" in err
+    assert not list(dest.rglob("*"))  # no interpolation/, no download left in .staging
+
+    local = ["--source", str(bare_pipeline), "--dest", str(dest), "--rife-source", str(archive)]
+    assert fetch_weights.main(local) == 1  # a local copy is checked against the same hash
+    assert f"sha256 {digest}, expected {published}" in capsys.readouterr().err
+    assert fetch_weights.main([*local, "--rife-sha256", "0" * 64]) == 1
+    assert f"sha256 {digest}, expected {'0' * 64}" in capsys.readouterr().err
+    assert not list(dest.rglob("*"))
+
+
+def test_a_rife_zip_without_v4_26s_layout_fails_the_build_naming_what_is_wrong(
+    rife_files, bare_pipeline, tmp_path, capsys
+):
+    import zipfile
+
+    import torch
+
+    fetch_weights = builder()
+    state = torch.load(rife_files, weights_only=True)
+    del state["module.block4.lastconv.0.bias"]
+    short = tmp_path / "short" / "flownet.pkl"
+    short.parent.mkdir()
+    torch.save(state, short)
+    dest = tmp_path / "models"
+    args = ["--source", str(bare_pipeline), "--dest", str(dest), "--rife-sha256", ""]  # no hash: the layout alone
+
+    archive, _ = rife_zip(tmp_path / "short.zip", short)
+    assert fetch_weights.main([*args, "--rife-source", str(archive)]) == 1
+    err = capsys.readouterr().err
+    assert "short.zip: flownet.pkl: not RIFE 4.26's IFNet: missing block4.lastconv.0.bias" in err
+    shadows = tmp_path / "shadows.zip"  # only macOS's shadows of the file, not the file
+    with zipfile.ZipFile(shadows, "w") as zipped:
+        zipped.writestr("__MACOSX/RIFEv4.26_0921/._flownet.pkl", b"\x00\x05\x16\x07")
+    assert fetch_weights.main([*args, "--rife-source", str(shadows)]) == 1
+    assert "shadows.zip: expected one flownet.pkl in the zip, found none of its 1 members" in capsys.readouterr().err
+    assert not list(dest.rglob("*"))
+
+
+def test_the_dockerfile_passes_the_rife_arguments_with_the_builders_defaults():
+    from wan_i2v.worker.interpolation import stage
+    from wan_i2v.worker.interpolation.rife import VERSION
+
+    fetch_weights = builder()
+    (fetch_step,) = [step for step in re.split(r"\n(?=[A-Z]+ )", DOCKERFILE) if "fetch_weights.py --model" in step]
+    for arg, flag, default in [
+        ("WAN_RIFE_REPO", "--rife-repo", fetch_weights.RIFE_REPO),
+        ("WAN_RIFE_REVISION", "--rife-revision", fetch_weights.RIFE_REVISION),
+        ("WAN_RIFE_FILE", "--rife-file", fetch_weights.RIFE_FILE),
+        ("WAN_RIFE_SHA256", "--rife-sha256", fetch_weights.RIFE_SHA256),
+    ]:
+        assert re.search(rf"^ARG {arg}={re.escape(default)}$", DOCKERFILE, re.MULTILINE), arg
+        assert f'{flag} "${{{arg}}}"' in fetch_step, flag
+    assert "empty WAN_RIFE_FILE skips" in DOCKERFILE
+    assert fetch_weights.RIFE_FOLDER == stage.FOLDER_IN_MODEL  # where the worker looks
+    assert fetch_weights.RIFE_BAKED == f"rife-v{VERSION}.safetensors"
+
+
+def test_the_hubs_interpolation_preset_and_setting_are_the_workers_own():
+    from wan_i2v.errors import SettingsError
+    from wan_i2v.schema import INTERPOLATE_MAX
+    from wan_i2v.worker.settings import InterpolationOptions
+
+    hub = json.loads((ROOT / ".runpod" / "hub.json").read_text())["config"]
+    smooth = hub["presets"][-1]
+    assert "RIFE" in smooth["name"] and "32 fps" in smooth["name"]
+    options = InterpolationOptions.from_env({key: str(value) for key, value in smooth["defaults"].items()})
+    assert options.default_factor == 2
+    assert all("WAN_DEFAULT_INTERPOLATE" not in preset["defaults"] for preset in hub["presets"][:-1])
+    (setting,) = [entry["input"] for entry in hub["env"] if entry["key"] == "WAN_DEFAULT_INTERPOLATE"]
+    assert setting["type"] == "number" and (setting["min"], setting["max"]) == (1, INTERPOLATE_MAX)
+    assert InterpolationOptions.from_env({"WAN_DEFAULT_INTERPOLATE": str(setting["default"])}).default_factor == 1
+    for value in range(setting["min"], setting["max"] + 1):
+        assert InterpolationOptions.from_env({"WAN_DEFAULT_INTERPOLATE": str(value)}).default_factor == value
+    for value in (setting["min"] - 1, setting["max"] + 1):
+        with pytest.raises(SettingsError):
+            InterpolationOptions.from_env({"WAN_DEFAULT_INTERPOLATE": str(value)})
+    tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())["tests"]
+    smooth_jobs = [parse_job_input(test["input"]) for test in tests if "interpolate" in test["input"]]
+    assert [(job.interpolate, job.frame_num, job.mode) for job in smooth_jobs] == [(2, 17, "turbo")]

@@ -99,7 +99,7 @@ def test_progress_reports_each_step_with_its_expert(first_job):
     phases = [e["phase"] for e in events if e["phase"] != "denoise"]
     assert phases == ["fetch_image", "text_encode", "condition_encode", "vae_decode", "encode_mp4", "upload"]
     percents = [e["percent"] for e in events]
-    assert percents == sorted(percents) and percents[0] == 0 and percents[-1] == 98  # upload starts at 98
+    assert percents == sorted(percents) and percents[0] == 0 and percents[-1] == 99  # upload starts at 99
 
 
 BAD_JOBS = [

@@ -3,7 +3,7 @@
 Marked `load` (minutes each), so plain `pytest` skips them. `pytest -m load` runs them at the README's
 full size (200 jobs from 20 clients, 100 sequential jobs, 10 kills of a 30-job batch: about 40 minutes
 on 2 cores); `pytest -m load --load-scale=ci` at the size `.ci/run` checks on every submission
-(24 jobs from 8 clients, 24 sequential jobs, 4 kills of a 12-job batch). Every job is QUICKEST (turbo,
+(18 jobs from 6 clients, 18 sequential jobs, 3 kills of a 9-job batch). Every job is QUICKEST (turbo,
 2 steps, 17 frames), the turbo pair attached and taken off again by the quality worker each time.
 """
 
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.load, pytest.mark.timeout(3600)]  # 200 jobs take over
 # The sequential run compares the RSS medians of two windows of jobs (first and last job of each).
 SCALES = {
     "full": {"clients": (20, 10), "sequential": (100, (11, 30), (81, 100)), "kills": (6, 5, 10)},
-    "ci": {"clients": (8, 3), "sequential": (24, (5, 12), (17, 24)), "kills": (4, 3, 4)},
+    "ci": {"clients": (6, 3), "sequential": (18, (4, 9), (13, 18)), "kills": (3, 3, 3)},
 }
 
 

@@ -141,7 +141,7 @@ def test_readme_output_example_is_a_whole_output_the_model_reads():
     section = readme[readme.index("## Outputs") :]
     example = json.loads(section[section.index("```json\n") + 8 : section.index("\n```", section.index("```json"))])
     assert JobOutput.model_validate(example).to_json() == example
-    fields = set(JobOutput.model_fields) - {"video_url_expires_at"}  # only with a bucket
+    fields = set(JobOutput.model_fields) - {"video_url_expires_at", "interpolate_model"}  # with a bucket, interpolation
     assert set(example) == fields and set(example["timings"]) == set(OUTPUT["timings"])
     # No path of the machine it ran on: the checkout's folder is written as a placeholder.
     assert example["video_url"].startswith("file://<checkout>/outputs/") and str(ROOT) not in readme
@@ -166,7 +166,8 @@ def test_progress_percent_runs_from_0_to_100_through_the_phases():
     assert half == {"phase": "denoise", "step": 5, "total_steps": 10, "expert": "high_noise", "percent": 48.0}
     assert progress_event(Phase.DENOISE, step=10, total_steps=10, expert="low_noise")["percent"] == 90
     starts = [progress_event(phase)["percent"] for phase in Phase]
-    assert starts == sorted(starts) and starts[-1] == 98
+    assert starts == sorted(starts) and starts[-1] == 99
+    assert progress_event(Phase.INTERPOLATE, done=3, total=4, model="rife")["percent"] == 96.5
 
 
 def test_the_resolution_of_a_job_naming_none_is_the_workers():

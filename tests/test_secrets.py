@@ -14,6 +14,7 @@ IMAGE_SECRET = "image-query-signature-0f1e2d"
 JOB_S3_SECRET = "job-s3config-secret-9a8b7c"
 
 
+@pytest.mark.load  # a dev endpoint, a bucket and several whole jobs at DEBUG (most of a minute)
 def test_secrets_never_reach_logs_errors_or_outputs(
     endpoint_factory, bucket_env, http_server, s3_endpoint, tmp_path, monkeypatch
 ):

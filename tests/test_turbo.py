@@ -200,6 +200,7 @@ def test_a_turbo_default_without_the_pair_stops_the_cold_start_naming_both_place
         Engine.load(str(tiny_model), EngineOptions(default_mode="turbo", turbo_lora=elsewhere))
 
 
+@pytest.mark.load  # a second cold start and whole jobs (most of a minute)
 def test_turbo_jobs_on_a_worker_without_the_pair_fail_clearly_and_it_carries_on(tiny_model, tmp_path):
     from wan_i2v.worker.job import Worker
 

@@ -322,6 +322,7 @@ def lora_worker(engine, tiny_model, tmp_path, http_server):
     return Worker(engine, settings), folder, http_server
 
 
+@pytest.mark.load  # a dozen refusals and whole jobs (about a minute)
 def test_hostile_loras_are_refused_clearly_and_the_next_job_runs_with_its_own(engine, lora_worker, tmp_path):
     worker, folder, server = lora_worker
     good = (folder / "tiny-peft-low.safetensors").read_bytes()

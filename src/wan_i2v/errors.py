@@ -25,6 +25,13 @@ class EncodeError(JobError):
     refresh_worker = True
 
 
+class InterpolationError(JobError):
+    """Frame interpolation failed inside the worker (ffmpeg's filter, or the RIFE model); the worker asks to be
+    replaced. A job asking for interpolation the worker cannot do is an InputError instead."""
+
+    refresh_worker = True
+
+
 class OutOfMemoryError(JobError):
     """The GPU ran out of memory; the worker asks to be replaced."""
 

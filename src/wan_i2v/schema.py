@@ -36,7 +36,9 @@ IMAGE_FORMS = "an http(s) URL, raw base64, or a data:image/...;base64, URI (JPEG
 LORA_MAX = 3
 LORA_SCALE_MAX = 2.0
 LORA_SOURCE_FORMS = "a .safetensors file name in the worker's LoRA folder (WAN_LORA_DIR) or an http(s) URL"
-LORA_SIDES = ("high", "low")  # the job's names for the high-noise and low-noise experts
+LORA_SIDES = ("high", "low")
+INTERPOLATE_MAX = 4
+InterpolateModel = Literal["rife", "ffmpeg"]  # the job's names for the high-noise and low-noise experts
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,18 @@ class JobInput(BaseModel):
         description="Denoising steps. More is slower and finer.",
     )
     frame_num: int = Field(
-        81, ge=FRAME_MIN, le=FRAME_MAX, description="Frames in the video; must be 4n+1 (81 is 5 s at 16 fps)."
+        81,
+        ge=FRAME_MIN,
+        le=FRAME_MAX,
+        description="Frames generated; must be 4n+1 (81 is 5 s at 16 fps). `interpolate` adds more to the MP4.",
     )
-    fps: int = Field(16, ge=8, le=30, description="Playback rate of the MP4. Does not change the frames generated.")
+    fps: int = Field(
+        16,
+        ge=8,
+        le=30,
+        description="Playback rate of the generated frames. Does not change the frames generated; with "
+        "`interpolate` k the MP4 plays at k times this rate.",
+    )
     seed: int | None = Field(
         None, ge=0, le=SEED_MAX, description="Random seed. Absent means random; the seed used is always returned."
     )
@@ -181,6 +192,21 @@ class JobInput(BaseModel):
         '"scale": 1}` (either side may be left out; `high_scale`/`low_scale` override `scale` per expert). '
         'SOURCE: a `.safetensors` name in the worker\'s LoRA folder or an http(s) URL (README, "Your own LoRAs").',
     )
+    interpolate: int | None = Field(
+        None,
+        ge=1,
+        le=INTERPOLATE_MAX,
+        description="Smoother motion: k - 1 new frames between each pair of generated frames, so `frame_num` "
+        "frames become (frame_num - 1) x k + 1, played at `fps` x k (same duration; 81 frames at 16 fps with 2: "
+        "161 frames at 32 fps). The generated frames are kept unchanged; a scene cut is repeated, not morphed. "
+        "1 turns it off. Absent: the worker's default (`WAN_DEFAULT_INTERPOLATE`, 1 unless the operator sets one).",
+    )
+    interpolate_model: InterpolateModel | None = Field(
+        None,
+        description="`rife`: the RIFE v4.26 model on the GPU (seconds). `ffmpeg`: ffmpeg's motion-compensated "
+        "`minterpolate` on the CPU, slower and softer, for workers without RIFE weights. Absent: `rife` where "
+        "the worker has its weights, else `ffmpeg`.",
+    )
     return_base64: bool = Field(
         False,
         description="Return the MP4 inline as a data:video/mp4;base64, URI in `video_url` instead of storing it. "
@@ -196,7 +222,9 @@ class JobInput(BaseModel):
             raise ValueError(f"must be 4n+1; nearest valid: {' or '.join(map(str, nearest))}")
         return value
 
-    def settled(self, default_mode: Mode = "quality", default_resolution: Resolution = "480p") -> JobInput:
+    def settled(
+        self, default_mode: Mode = "quality", default_resolution: Resolution = "480p", default_interpolate: int = 1
+    ) -> JobInput:
         """This job with its mode, the mode's defaults and its resolution filled in; InputError if a field
         breaks the mode's rules.
 
@@ -226,6 +254,7 @@ class JobInput(BaseModel):
             update={
                 "mode": mode,
                 "resolution": self.resolution or default_resolution,
+                "interpolate": self.interpolate if self.interpolate is not None else default_interpolate,
                 "sample_steps": self.sample_steps if self.sample_steps is not None else rules.default_steps,
                 **{
                     n: getattr(self, n) if getattr(self, n) is not None else rules.default_guidance
@@ -246,6 +275,7 @@ class Phase(str, Enum):
     CONDITION_ENCODE = "condition_encode"
     DENOISE = "denoise"
     VAE_DECODE = "vae_decode"
+    INTERPOLATE = "interpolate"
     ENCODE_MP4 = "encode_mp4"
     UPLOAD = "upload"
 
@@ -256,8 +286,9 @@ PHASE_END_PERCENT = {
     Phase.TEXT_ENCODE: 4,
     Phase.CONDITION_ENCODE: 6,
     Phase.DENOISE: 90,
-    Phase.VAE_DECODE: 96,
-    Phase.ENCODE_MP4: 98,
+    Phase.VAE_DECODE: 95,
+    Phase.INTERPOLATE: 97,
+    Phase.ENCODE_MP4: 99,
     Phase.UPLOAD: 100,
 }
 
@@ -265,13 +296,15 @@ PHASE_END_PERCENT = {
 def progress_event(phase: Phase, **detail: Any) -> dict:
     """A progress event as /status shows it while the job runs: {"phase", "percent", ...detail}.
 
-    Denoise events carry `step`, `total_steps` and `expert`; their percent moves with the step.
+    Denoise events carry `step`, `total_steps` and `expert`, interpolation events `done` and `total` (pairs
+    of frames); their percent moves with the count.
     """
     phases = list(Phase)
     start = PHASE_END_PERCENT[phases[phases.index(phase) - 1]] if phase is not phases[0] else 0
     percent = start
-    if phase is Phase.DENOISE and detail.get("total_steps"):
-        percent = start + (PHASE_END_PERCENT[phase] - start) * detail["step"] / detail["total_steps"]
+    done, total = {Phase.DENOISE: ("step", "total_steps"), Phase.INTERPOLATE: ("done", "total")}.get(phase, ("", ""))
+    if detail.get(total):
+        percent = start + (PHASE_END_PERCENT[phase] - start) * detail[done] / detail[total]
     return {"phase": phase.value, **detail, "percent": round(percent, 1)}
 
 
@@ -293,6 +326,7 @@ class Timings(BaseModel):
     )
     lora_fetch: float = Field(0.0, description="Seconds spent finding, downloading and checking the job's LoRA files.")
     lora_load: float = Field(0.0, description="Seconds spent reading the job's LoRAs onto the experts.")
+    interpolate: float = Field(0.0, description="Seconds spent making the interpolated frames (0 without).")
 
 
 class AppliedLoraFile(BaseModel):
@@ -366,10 +400,15 @@ class JobOutput(BaseModel):
     resolution: Resolution = Field(description="The job's `resolution`.")
     mode: Mode = Field("quality", description="The mode the job ran in.")
     sample_steps: int = Field(description="The job's `sample_steps`.")
-    frame_num: int = Field(description="Frames in the video.")
+    frame_num: int = Field(description="Frames generated (the job's `frame_num`).")
+    interpolate: int | None = Field(None, description="The interpolation factor the video was made with (1: none).")
+    interpolate_model: InterpolateModel | None = Field(
+        None, description="`rife` or `ffmpeg`: what made the new frames; absent when `interpolate` is 1."
+    )
+    frames_in_video: int | None = Field(None, description="Frames in the MP4: (frame_num - 1) x interpolate + 1.")
     width: int = Field(description="Video width in pixels (the image's aspect ratio at the resolution's area).")
     height: int = Field(description="Video height in pixels.")
-    fps: int = Field(description="Playback rate of the MP4.")
+    fps: int = Field(description="Playback rate of the MP4: the job's `fps` x `interpolate`.")
     seed: int = Field(description="The seed used; send it back to get the same video again.")
     model: str = Field(description="The model the worker loaded (`WAN_MODEL`).")
     model_revision: ModelRevision | None = Field(
@@ -382,7 +421,7 @@ class JobOutput(BaseModel):
     )
     timings: Timings = Field(
         description="Seconds per phase: "
-        + ", ".join(f"`{p.value}`" for p in Phase)
+        + ", ".join(f"`{p.value}`" + (" (0 without)" if p is Phase.INTERPOLATE else "") for p in Phase)
         + ", `mode_switch` (0 in the worker's default mode), `lora_fetch` and `lora_load` (0 without LoRAs), "
         "and `total`."
     )
@@ -407,8 +446,12 @@ def output_markdown_table() -> str:
     lines = ["| field | type | description |", "|---|---|---|"]
     for name, info in JobOutput.model_fields.items():
         annotation = info.annotation
-        if get_origin(annotation) is Literal:
-            kind = " or ".join(f'`"{v}"`' for v in get_args(annotation))
+        literal = [a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal]
+        if literal:
+            kind = " or ".join(f'`"{v}"`' for v in get_args(literal[0]))
+            kind += " or absent" if annotation is not literal[0] else ""
+        elif annotation == int | None:
+            kind = "integer or absent"
         elif annotation == str | None:
             kind = "string or absent"
         else:
@@ -488,12 +531,14 @@ def _message(error: dict) -> str:
     return f"{name}: {_shown(error.get('input'))} is not allowed ({problem}), allowed: {allowed}"
 
 
-def parse_job_input(raw: Any, default_mode: Mode = "quality", default_resolution: Resolution = "480p") -> JobInput:
+def parse_job_input(
+    raw: Any, default_mode: Mode = "quality", default_resolution: Resolution = "480p", default_interpolate: int = 1
+) -> JobInput:
     """Validate a job's `input` and settle its mode's defaults (see `JobInput.settled`).
 
     Raises InputError naming every bad field ("field: problem" joined by "; ").
     """
-    return validate_job_input(raw).settled(default_mode, default_resolution)
+    return validate_job_input(raw).settled(default_mode, default_resolution, default_interpolate)
 
 
 def validate_job_input(raw: Any) -> JobInput:
@@ -516,6 +561,10 @@ def _default_text(name: str) -> str:
         return "worker's (`quality`)"
     if name == "resolution":
         return "worker's (`480p`)"
+    if name == "interpolate":
+        return "worker's (`1`)"
+    if name == "interpolate_model":
+        return "`rife` if the worker has it, else `ffmpeg`"
     if name == "loras":
         return "none"
     if name == "sample_steps":

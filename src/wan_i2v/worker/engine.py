@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +89,15 @@ class JobLora:
 
 @dataclass
 class Generated:
-    frames: np.ndarray  # (num_frames, height, width, 3) uint8 RGB
+    video: torch.Tensor  # (num_frames, height, width, 3) uint8 RGB, on the device that decoded it
     timings: dict[str, float] = field(default_factory=dict)  # seconds per Phase value, and mode_switch
     experts: list[str] = field(default_factory=list)  # the expert that ran each step
     report: dict = field(default_factory=dict)  # how it ran (schema.EngineReport)
+
+    @cached_property
+    def frames(self) -> np.ndarray:
+        """The frames in host memory, as the MP4 encoder takes them."""
+        return self.video.cpu().numpy()
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -146,6 +152,7 @@ class Engine:
         ladder: Ladder,
         cold_start: ColdStart,
         revision: Revision | None = None,
+        model_path: Path | None = None,
     ):
         self.pipe, self.device, self.compute_dtype = pipe, device, compute_dtype
         self.model, self.options = model, options
@@ -164,6 +171,7 @@ class Engine:
         self.step_cache = parse_step_cache(options.step_cache)
         self.cold_start = cold_start
         self.revision = revision or Revision()  # where the weights came from (each job's `model_revision`)
+        self.model_path = model_path  # the weights' folder (None for a pipeline built in memory)
 
     @property
     def plan(self) -> MemoryPlan:
@@ -370,6 +378,7 @@ class Engine:
             ladder,
             cold,
             revision,
+            model_path,
         )
         if options.warmup == "on" or (options.warmup == "auto" and how != "off"):
             with cold.step("warmup"):
@@ -420,7 +429,7 @@ class Engine:
         }
 
     # ---- per job ------------------------------------------------------------------------------------
-    def _sync(self) -> None:
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -467,10 +476,10 @@ class Engine:
             timings: dict[str, float] = {"mode_switch": 0.0, "lora_load": 0.0}
             parts = self._mode_parts(params.mode)
             if parts:
-                with timed(timings, "mode_switch", self._sync):
+                with timed(timings, "mode_switch", self.sync):
                     self._attach(parts)
             if loras:
-                with timed(timings, "lora_load", self._sync):
+                with timed(timings, "lora_load", self.sync):
                     self._attach(self._read_loras(loras))
             attached = {name: adapter for name, adapter in self.adapters.items() if adapter.attached}
             if self.compiled != "off":
@@ -611,7 +620,7 @@ class Engine:
         plan = self._experts_for(scheduler.timesteps)
         needs_negative = any(guidance[e] > 1.0 for e in set(plan))
         report(Phase.TEXT_ENCODE)
-        with timed(timings, Phase.TEXT_ENCODE.value, self._sync):
+        with timed(timings, Phase.TEXT_ENCODE.value, self.sync):
             texts = [p.prompt, p.negative_prompt] if needs_negative else [p.prompt]
             embeddings, hits = self._embed(texts)
             prompt_embeds = embeddings[0]
@@ -620,7 +629,7 @@ class Engine:
         # 2. Noise and the conditioning latents (first frame, optional last frame, mask).
         generator = torch.Generator("cpu").manual_seed(p.seed)  # same noise on any device
         report(Phase.CONDITION_ENCODE)
-        with timed(timings, Phase.CONDITION_ENCODE.value, self._sync):
+        with timed(timings, Phase.CONDITION_ENCODE.value, self.sync):
             first = pipe.video_processor.preprocess(image, height=p.height, width=p.width)
             last = None
             if last_image is not None:
@@ -647,7 +656,7 @@ class Engine:
             for expert in self.experts.values():
                 expert.enable_cache(FirstBlockCacheConfig(threshold=self.step_cache))
         try:
-            with timed(timings, Phase.DENOISE.value, self._sync):
+            with timed(timings, Phase.DENOISE.value, self.sync):
                 for index, (t, expert) in enumerate(zip(scheduler.timesteps, plan, strict=True)):
                     model, scale = self._use(expert, attached), guidance[expert]
                     model_input = torch.cat([latents, condition], dim=1).to(dtype)
@@ -668,7 +677,7 @@ class Engine:
         # 4. Decode the latents to frames; under the swap plan the high-noise expert comes back meanwhile.
         self._prefetch_for_next_job(attached)
         report(Phase.VAE_DECODE)
-        with timed(timings, Phase.VAE_DECODE.value, self._sync):
+        with timed(timings, Phase.VAE_DECODE.value, self.sync):
             frames = self._decode(latents)
         pipe.maybe_free_model_hooks()
         job_report = {
@@ -676,7 +685,7 @@ class Engine:
             "step_cache": self.options.step_cache if step_cache else "none",
             "text_cache_hits": hits,
         }
-        return Generated(frames=frames, timings=timings, experts=plan, report=job_report)
+        return Generated(video=frames, timings=timings, experts=plan, report=job_report)
 
     def _prefetch_for_next_job(self, attached: dict[str, Adapter]) -> None:
         high, low = self.parked.get(HIGH_NOISE), self.parked.get(LOW_NOISE)
@@ -687,7 +696,8 @@ class Engine:
         low.park()
         high.fetch(overlap=True)
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(F, H, W, 3) uint8 frames, left on the device for the stage after the decode (interpolation)."""
         vae = self.pipe.vae
         vae_device = self.pipe._execution_device if self.plan.name == "offload" else vae.device
         latents = latents.to(vae_device, dtype=vae.dtype)
@@ -696,7 +706,7 @@ class Engine:
         std = torch.tensor(vae.config.latents_std).view(shape).to(latents)
         video = vae.decode(latents * std + mean, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return frames.permute(1, 2, 3, 0).cpu().numpy()
+        return frames.permute(1, 2, 3, 0).contiguous()
 
 
 def _eager(run: Callable[[], Generated]) -> Generated:

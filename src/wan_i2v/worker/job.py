@@ -36,6 +36,7 @@ from ..schema import (
 from .engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams, JobLora
 from .hostmem import resident_bytes, trim_heap
 from .images import fit_image, load_image
+from .interpolation.stage import Interpolator
 from .lora import text_encoder_key_count
 from .lora_files import LoraFile, LoraStore
 from .netguard import BlockedAddressError
@@ -52,10 +53,19 @@ EXPERT_OF_SIDE = {"high": HIGH_NOISE, "low": LOW_NOISE}
 
 
 class Worker:
-    def __init__(self, engine: Engine, settings: Settings, progress: ProgressSink | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        progress: ProgressSink | None = None,
+        interpolator: Interpolator | None = None,
+    ):
         self.engine = engine
         self.settings = settings
         self.progress = progress
+        self.interpolator = interpolator or Interpolator.load(
+            settings.interpolation, engine.device, engine.model_path, engine.ladder, engine.cold_start
+        )
         lora = settings.loras
         self.lora_store = LoraStore(
             folder=lora.folder,
@@ -79,10 +89,16 @@ class Worker:
         try:
             if not isinstance(job, dict):
                 raise InputError("job: must be an object with an 'input' object")
-            request = parse_job_input(job.get("input"), self.engine.default_mode, self.settings.default_resolution)
+            request = parse_job_input(
+                job.get("input"),
+                self.engine.default_mode,
+                self.settings.default_resolution,
+                self.settings.interpolation.default_factor,
+            )
+            smoothing = self.interpolator.check(request.interpolate_model) if request.interpolate > 1 else None
             bucket = self._bucket_for(job)
             generating = True
-            output = self._run(job, job_id, request, bucket, started)
+            output = self._run(job, job_id, request, smoothing, bucket, started)
         except JobError as exc:
             # The text only: a log record holding the exception would keep the failed job's tensors alive.
             log.warning("job %s failed: %s", job_id, str(exc))
@@ -125,7 +141,13 @@ class Worker:
                 log.warning("job %s: progress update failed (%s)", job.get("id"), type(exc).__name__)
 
     def _run(
-        self, job: dict, job_id: str, request: JobInput, bucket: BucketSettings | None, started: float
+        self,
+        job: dict,
+        job_id: str,
+        request: JobInput,
+        smoothing: str | None,
+        bucket: BucketSettings | None,
+        started: float,
     ) -> JobOutput:
         timings: dict[str, float] = {}
 
@@ -160,12 +182,24 @@ class Worker:
                 params, image, last, on_progress=lambda *e, **d: self._report(job, *e, **d), loras=loras
             )
         timings.update(generated.timings)
+        report = generated.report
+
+        # 5. New frames between the generated ones, on the device that decoded them.
+        factor, video = request.interpolate, generated.video
+        if smoothing is not None:
+            self._report(job, Phase.INTERPOLATE, model=smoothing)
+            with timed(timings, Phase.INTERPOLATE.value, self.engine.sync):
+                video = self.interpolator.run(
+                    video, factor, smoothing, lambda **d: self._report(job, Phase.INTERPOLATE, **d)
+                )
+        frames = video.cpu().numpy()
+        del video, generated
 
         with tempfile.TemporaryDirectory(prefix="wan-i2v-") as tmp:
             path = Path(tmp) / "video.mp4"
             self._report(job, Phase.ENCODE_MP4)
             with timed(timings, Phase.ENCODE_MP4.value):
-                encode_mp4(generated.frames, path, request.fps, crf=self.settings.video_crf)
+                encode_mp4(frames, path, request.fps * factor, crf=self.settings.video_crf)
             size = path.stat().st_size
             self._report(job, Phase.UPLOAD)
             with timed(timings, Phase.UPLOAD.value):
@@ -181,16 +215,19 @@ class Worker:
             mode=request.mode,
             sample_steps=request.sample_steps,
             frame_num=request.frame_num,
+            interpolate=factor,
+            interpolate_model=smoothing,
+            frames_in_video=len(frames),
             width=width,
             height=height,
-            fps=request.fps,
+            fps=request.fps * factor,
             seed=seed,
             model=self.settings.model,
             model_revision=_revision(self.engine.revision),
             storage=stored.location,
             timings=Timings(**timings, total=total),
             loras=applied,
-            engine=EngineReport(**generated.report),
+            engine=EngineReport(**report),
         )
 
     def _bucket_for(self, job: dict) -> BucketSettings | None:
@@ -253,6 +290,9 @@ def build_worker(settings: Settings | None = None, progress: ProgressSink | None
     started = time.perf_counter()
     settings = settings or Settings.from_env()
     engine = Engine.load(settings.model, settings.engine)
+    interpolator = Interpolator.load(
+        settings.interpolation, engine.device, engine.model_path, engine.ladder, engine.cold_start
+    )
     engine.cold_start.write(
         Path(os.environ["WAN_COLD_START_REPORT"]) if os.environ.get("WAN_COLD_START_REPORT") else None
     )
@@ -287,4 +327,4 @@ def build_worker(settings: Settings | None = None, progress: ProgressSink | None
             "no caller can fetch; set BUCKET_ENDPOINT_URL, BUCKET_NAME, BUCKET_ACCESS_KEY_ID and "
             "BUCKET_SECRET_ACCESS_KEY, or send return_base64 for short clips"
         )
-    return Worker(engine, settings, progress)
+    return Worker(engine, settings, progress, interpolator)

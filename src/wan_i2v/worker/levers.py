@@ -11,6 +11,7 @@ the settings ask for, down one rung at a time until one works:
     attention  cuDNN -> flash -> native -> math   self-check: attention.check_backend against math attention
     place      resident -> swap -> offload    parking, fetching or loading onto the GPU failing
     fusion     fused -> attached              fusing the turbo pair failing (then attached per job)
+    interpolation  fp16 -> fp32               self-check: RIFE's frame within HALF_PSNR_DB of fp32 (interpolation/)
 
 An exception, or a self-check over its bound, is a step down; each is logged with why and kept as a
 `Fallback` in the cold-start report's `fallbacks`. The cold start fails (`ColdStartError`, naming what to
@@ -46,6 +47,7 @@ LADDERS: dict[str, tuple[str, ...]] = {  # one per WAN_FAULTS value (settings.FA
     "attention": ("_native_cudnn", "_native_flash", "native", "_native_math"),
     "place": ("resident", "swap", "offload"),
     "fusion": ("fused", "attached"),
+    "interpolation": ("fp16", "fp32"),
 }
 assert set(LADDERS) == set(FAULTS)
 # What an operator can change when a ladder has no rung left.
@@ -55,6 +57,7 @@ LAST_RESORT = {
     "attention": "set WAN_ATTENTION=auto, or a backend this GPU and PyTorch build run",
     "place": "use a GPU with more memory (or fewer jobs' worth of host memory pinned), or WAN_MEMORY_PLAN=offload",
     "fusion": "set WAN_DEFAULT_MODE=quality, or check the turbo LoRA files",
+    "interpolation": "check the RIFE weights (WAN_INTERPOLATION_MODEL), or remove them to interpolate with ffmpeg",
 }
 # Relative L2 of one expert forward against the same expert's plain bf16 eager forward (Probe).
 QUANT_BOUND = {"fp8": 0.08, "int8": 0.08}  # fp8 measured 0.054 on an H100 (BASELINE.md); the frames' target

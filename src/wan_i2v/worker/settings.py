@@ -11,7 +11,7 @@ from pathlib import Path
 from ..bucket import BucketSettings
 from ..env import env_float, env_int
 from ..errors import SettingsError
-from ..schema import RESOLUTIONS
+from ..schema import INTERPOLATE_MAX, RESOLUTIONS
 from .netguard import UrlPolicy
 from .weights import BAKED, RUNPOD_CACHE, ModelPlaces
 
@@ -25,7 +25,14 @@ ON_OFF_AUTO = ("auto", "on", "off")
 QUANT_CHOICES = ("auto", "fp8", "int8", "none")
 COMPILE_CHOICES = ("auto", "off", "dynamic", "static")
 PLANS = ("resident", "swap", "offload")
-FAULTS = ("compile", "quantise", "attention", "place", "fusion")  # WAN_FAULTS: the cold-start levers (levers.py)
+FAULTS = (
+    "compile",
+    "quantise",
+    "attention",
+    "place",
+    "fusion",
+    "interpolation",
+)  # WAN_FAULTS: the cold-start levers (levers.py)
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,36 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
+class InterpolationOptions:
+    """The frame-interpolation stage (README, "Smooth video"); each field is a WAN_* variable."""
+
+    weights: Path | None = None  # WAN_INTERPOLATION_MODEL: a RIFE file or a folder; default MODEL/interpolation/
+    default_factor: int = 1  # WAN_DEFAULT_INTERPOLATE: the factor of jobs that name none (1..4)
+    budget_gb: float = 4.0  # WAN_INTERPOLATE_BUDGET_GB: GPU memory one batch of RIFE may use, at most
+    cut_ssim: float = 0.2  # WAN_INTERPOLATE_CUT: below this thumbnail SSIM a pair is a scene cut
+    precision: str = "auto"  # WAN_INTERPOLATE_PRECISION: auto (fp16 on a GPU, self-checked) | fp16 | fp32
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> InterpolationOptions:
+        factor = env_int(env, "WAN_DEFAULT_INTERPOLATE", cls.default_factor)
+        if not 1 <= factor <= INTERPOLATE_MAX:
+            raise SettingsError(f"WAN_DEFAULT_INTERPOLATE={factor}: allowed 1..{INTERPOLATE_MAX}")
+        budget = env_float(env, "WAN_INTERPOLATE_BUDGET_GB", cls.budget_gb)
+        if not 0 < budget < float("inf"):
+            raise SettingsError(f"WAN_INTERPOLATE_BUDGET_GB={budget}: must be a number above 0")
+        cut = env_float(env, "WAN_INTERPOLATE_CUT", cls.cut_ssim)
+        if not 0 <= cut <= 1:
+            raise SettingsError(f"WAN_INTERPOLATE_CUT={cut}: allowed 0..1 (0 turns scene-cut detection off)")
+        return cls(
+            weights=Path(env["WAN_INTERPOLATION_MODEL"]) if env.get("WAN_INTERPOLATION_MODEL") else None,
+            default_factor=factor,
+            budget_gb=budget,
+            cut_ssim=cut,
+            precision=_choice(env, "WAN_INTERPOLATE_PRECISION", "auto", ("auto", "fp16", "fp32")),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
     engine: EngineOptions = EngineOptions()
@@ -177,6 +214,7 @@ class Settings:
     url_policy: UrlPolicy = UrlPolicy()
     loras: LoraSettings = LoraSettings()
     default_resolution: str = "480p"  # WAN_DEFAULT_RESOLUTION: the resolution of jobs that name none
+    interpolation: InterpolationOptions = InterpolationOptions()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -194,6 +232,7 @@ class Settings:
             url_policy=_url_policy(env),
             loras=LoraSettings.from_env(env),
             default_resolution=_choice(env, "WAN_DEFAULT_RESOLUTION", "480p", RESOLUTIONS),
+            interpolation=InterpolationOptions.from_env(env),
         )
 
 

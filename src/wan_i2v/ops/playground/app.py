@@ -37,6 +37,18 @@ CSP = (
     "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 STATIC = resources.files(__package__) / "static"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+
+
+def static_files() -> dict[str, str]:
+    """What /static/<name> serves: the plain files directly in static/ with a known type (the page's ES
+    modules among them, as text/javascript), by name. Listed per request, so an edited page needs no restart."""
+    found = {}
+    for item in STATIC.iterdir():
+        kind = STATIC_TYPES.get(Path(item.name).suffix)
+        if kind and item.is_file():
+            found[item.name] = kind
+    return found
 
 
 def is_loopback(host: str) -> bool:
@@ -127,12 +139,10 @@ def create_app(playground: Playground, token: str, host: str, port: int) -> Flas
 
     @app.get("/static/<name>")
     def static_file(name: str):
-        kinds = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
-        kind = kinds.get(Path(name).suffix)
-        item = STATIC / name
-        if kind is None or "/" in name or not item.is_file():
+        kind = static_files().get(name)  # only a name the listing holds: no path from the request
+        if kind is None:
             return _error(404, "no such file")
-        return Response(item.read_bytes(), mimetype=kind)
+        return Response((STATIC / name).read_bytes(), mimetype=kind)
 
     @app.get("/api/config")
     def config():
