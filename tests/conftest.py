@@ -21,6 +21,11 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    # For tests whose size is fixed when their module is imported (hypothesis' example counts in test_fuzz.py).
+    os.environ["WAN_TEST_LOAD_SCALE"] = config.getoption("--load-scale")
+
+
 @pytest.fixture(scope="session")
 def load_scale(request) -> str:
     return request.config.getoption("--load-scale")

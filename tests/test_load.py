@@ -3,7 +3,7 @@
 Marked `load` (minutes each), so plain `pytest` skips them. `pytest -m load` runs them at the README's
 full size (200 jobs from 20 clients, 100 sequential jobs, 10 kills of a 30-job batch: about 40 minutes
 on 2 cores); `pytest -m load --load-scale=ci` at the size `.ci/run` checks on every submission
-(18 jobs from 6 clients, 18 sequential jobs, 3 kills of a 9-job batch). Every job is QUICKEST (turbo,
+(12 jobs from 4 clients, 12 sequential jobs, 3 kills of a 6-job batch). Every job is QUICKEST (turbo,
 2 steps, 17 frames), the turbo pair attached and taken off again by the quality worker each time.
 """
 
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.load, pytest.mark.timeout(3600)]  # 200 jobs take over
 # The sequential run compares the RSS medians of two windows of jobs (first and last job of each).
 SCALES = {
     "full": {"clients": (20, 10), "sequential": (100, (11, 30), (81, 100)), "kills": (6, 5, 10)},
-    "ci": {"clients": (6, 3), "sequential": (18, (4, 9), (13, 18)), "kills": (3, 3, 3)},
+    "ci": {"clients": (4, 3), "sequential": (12, (3, 6), (9, 12)), "kills": (3, 2, 3)},
 }
 
 
@@ -95,7 +95,7 @@ def test_100_sequential_jobs_in_one_worker_keep_memory_flat(endpoint_factory, tm
     1 MB per job moves them by about 10%. The peak (VmHWM) after job 30 against after job 100 shows
     the worker does not merely look flat between jobs while its working set climbs. Without the
     heap trim after each job (wan_i2v.worker.hostmem) the medians grew 12% here. At the CI scale
-    (24 jobs) the windows are jobs 5-12 and 17-24 and the peaks after jobs 12 and 24."""
+    (12 jobs) the windows are jobs 3-6 and 9-12 and the peaks after jobs 6 and 12."""
     count, (early_first, early_last), (late_first, late_last) = SCALES[load_scale]["sequential"]
     early_jobs, late_jobs = range(early_first, early_last + 1), range(late_first, late_last + 1)
     endpoint = endpoint_factory(workers_max=1, idle_timeout_s=60)

@@ -98,6 +98,7 @@ class Interpolator:
             path, looked = find_weights(options, model_path)
             if path is None:
                 cold_start.facts["interpolation"] = f"ffmpeg only (no RIFE weights in {looked})"
+                log.info("interpolation: %s", cold_start.facts["interpolation"])
                 return cls(None, torch.float32, device, options, looked)
             try:
                 net = load_rife(path, device)
@@ -110,6 +111,7 @@ class Interpolator:
             + (f" (PSNR {error:.1f} dB against fp32)" if error is not None else "")
             + "; ffmpeg minterpolate"
         )
+        log.info("interpolation: %s", cold_start.facts["interpolation"])
         return cls(net, dtype, device, options, looked)
 
     # ---- per job --------------------------------------------------------------------------------------
