@@ -1,7 +1,7 @@
 """Compiled blocks with a compile cache, on the tiny model on the CPU (load tier: compiling takes a minute here).
 
-The first cold start compiles during its warm-up and saves the cache; a second worker process with the
-same cache directory reports it warm and spends less in warm-up. Compiled frames match eager ones, and a
+The first cold start compiles in its self-check and warm-up and saves the cache; a second worker process with
+the same cache directory reports it warm and spends far less compiling. Compiled frames match eager ones, and a
 new resolution after the warm-up's does not fail (dynamic shapes).
 """
 
@@ -50,7 +50,13 @@ def test_a_warm_compile_cache_is_used_by_the_next_cold_start(tiny_model, tmp_pat
     assert {"compile", "warmup"} <= set(first["seconds"])  # one warm-up generation per mode, timed
     second = cold_start(quality_only, cache)
     assert second["compile_cache"].startswith("warm")
-    assert second["seconds"]["warmup"] < first["seconds"]["warmup"]
+    # The blocks compile in the cold start's self-check forward (levers.py), so the `compile` step is where the
+    # cache shows: 25.6 s cold and 8.0 s warm here (2026-12-04); the warm-up generation costs the same both times.
+    assert second["seconds"]["compile"] < 0.6 * first["seconds"]["compile"]
+    assert (
+        second["seconds"]["compile"] + second["seconds"]["warmup"]
+        < first["seconds"]["compile"] + first["seconds"]["warmup"]
+    )
 
 
 def test_compiled_frames_match_eager_and_new_shapes_need_no_new_warm_up(engine, engine_with, tiny_model, tmp_path):
