@@ -1,8 +1,7 @@
 // The two picked jobs side by side: their videos started together, the settings that differ highlighted.
 
-import { state } from "./state.js";
-import { $, el, truncate, seconds, sameValue } from "./util.js";
-import { renderSettings } from "./run.js";
+import { state, $, el, truncate, seconds, sameValue } from "./core.js";
+import { renderSettings } from "./job.js";
 
 /** The two picked videos side by side, looping; settings that differ are highlighted. */
 export function showCompare() {

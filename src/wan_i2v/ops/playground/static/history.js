@@ -1,11 +1,8 @@
 // The history at the foot of the page: every job this playground sent (GET /api/history) as a card,
 // posters for those that lack one, and the two picks for the comparison.
 
-import { running, settled, state } from "./state.js";
-import { $, el, truncate, seconds, clockTime } from "./util.js";
-import { api } from "./api.js";
-import { track, viewJob } from "./job.js";
-import { capturePoster } from "./run.js";
+import { running, settled, state, $, el, truncate, seconds, clockTime, api } from "./core.js";
+import { track, viewJob, capturePoster } from "./job.js";
 
 /** GET /api/history; calls while one is under way run once more after it. */
 export async function refreshHistory() {

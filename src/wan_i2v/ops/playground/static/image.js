@@ -1,11 +1,8 @@
 // The input image: a file (chosen, dropped or pasted) or a URL, shown with the crop and video size the
 // worker will make of it (POST /api/preview).
 
-import { state } from "./state.js";
-import { $, truncate, megabytes, blobToDataUri } from "./util.js";
-import { api } from "./api.js";
-import { currentResolution } from "./form.js";
-import { setError } from "./errors.js";
+import { state, $, truncate, megabytes, blobToDataUri, api } from "./core.js";
+import { currentResolution, setError } from "./form.js";
 
 export function imageFileProblem(file) {
   const limit = state.config ? state.config.limits.image_bytes : Infinity;

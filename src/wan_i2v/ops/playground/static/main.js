@@ -2,16 +2,12 @@
 // job the playground sent kept in a history below. This entry point loads the config and wires the page.
 //
 // Plain ES2020 modules loaded by the browser as they are (index.html: <script type="module">), no build
-// step; each module's first lines say what it holds, and the page's state lives in state.js.
+// step; each module's first lines say what it holds, and the page's state lives in core.js.
 
-import { state } from "./state.js";
-import { $, el } from "./util.js";
-import { readToken, api } from "./api.js";
+import { state, $, el, readToken, api } from "./core.js";
 import { buildForm, resetForm } from "./form.js";
 import { requestPreview, bindImageInputs } from "./image.js";
-import { onSubmit, onCancel } from "./job.js";
-import { updateClock, bindRunImage } from "./run.js";
-import { onNewSeed, onReuse, copySnippet } from "./actions.js";
+import { onSubmit, onCancel, updateClock, bindRunImage, onNewSeed, onReuse, copySnippet } from "./job.js";
 import { refreshHistory } from "./history.js";
 import { showCompare, closeCompare } from "./compare.js";
 
