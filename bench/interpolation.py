@@ -42,7 +42,7 @@ from wan_i2v.errors import InterpolationError
 from wan_i2v.worker.coldstart import ColdStart
 from wan_i2v.worker.interpolation.ffmpeg import minterpolate
 from wan_i2v.worker.interpolation.pairs import Pair, sort_pairs
-from wan_i2v.worker.interpolation.rife import PAD, IFNet
+from wan_i2v.worker.interpolation.rife import IFNet, padded_size
 from wan_i2v.worker.interpolation.stage import BYTES_PER_PIXEL, Interpolator, find_weights
 from wan_i2v.worker.levers import Ladder
 from wan_i2v.worker.settings import InterpolationOptions
@@ -118,15 +118,14 @@ def load_stage(device: torch.device, rife_weights: Path | None, model_dir: Path 
 
 
 def planned_batch(stage: Interpolator, size: tuple[int, int], factor: int) -> dict:
-    """The pairs per batch the stage plans for this size (its _rife: budget // bytes per pair)."""
+    """The pairs per batch the stage plans for this size (`Interpolator.pairs_per_batch`), with its formula."""
     width, height = size
-    padded = (math.ceil(height / PAD) * PAD, math.ceil(width / PAD) * PAD)
-    per_frame = BYTES_PER_PIXEL[stage.dtype] * padded[0] * padded[1]
+    padded = padded_size(height, width)
     budget = stage._budget()
-    pairs = max(1, budget // (per_frame * (factor - 1)))
+    pairs = stage.pairs_per_batch(height, width, factor)
     formula = (
         f"budget {budget / GIB:.2f} GiB // ({BYTES_PER_PIXEL[stage.dtype]} B x {padded[1]}x{padded[0]} padded "
-        f"x {factor - 1} new frames) (computed as the stage's _rife does, before the timed run)"
+        f"x {factor - 1} new frames) (the stage's pairs_per_batch, before the timed run)"
     )
     return estimated(pairs, formula, 0)
 

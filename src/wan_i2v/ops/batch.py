@@ -25,7 +25,7 @@ from typing import Self
 from pydantic import ValidationError
 
 from ..files import written_whole
-from ..schema import GUIDANCE_FIELDS, MODES, JobOutput
+from ..schema import GUIDANCE_FIELDS, INTERPOLATE_MAX, MODES, JobOutput
 from .api import ApiError
 from .client import Client, OutputError, download, read_output
 from .handoff import send, send_lock
@@ -117,7 +117,7 @@ def _shape(fields: dict) -> tuple:
     mode = fields.get("mode") if fields.get("mode") in MODES else "quality"
     steps = fields.get("sample_steps", MODES[mode].default_steps)
     smoothing = fields.get("interpolate_model") if fields.get("interpolate_model") in INTERPOLATE_S else "rife"
-    factor = fields.get("interpolate") if fields.get("interpolate") in (1, 2, 3, 4) else 1
+    factor = fields.get("interpolate") if fields.get("interpolate") in range(1, INTERPOLATE_MAX + 1) else 1
     return (fields.get("resolution", "480p"), steps, fields.get("frame_num", 81), mode, factor, smoothing)
 
 

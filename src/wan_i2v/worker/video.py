@@ -27,16 +27,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, preset: 
         "-hide_banner",
         "-loglevel",
         "error",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        str(fps),
-        "-i",
-        "-",
+        *raw_frames_input(width, height, fps),
         "-an",
         "-c:v",
         "libx264",
@@ -67,11 +58,21 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, preset: 
         returncode = process.wait()
         reader.join()
     if returncode != 0:
-        message = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
+        message = stderr_lines(errors)
         if any("No space left on device" in line for line in message):
             raise EncodeError("encoding the MP4 failed: no space left on the worker's disk")
         detail = message[-1] if message else f"ffmpeg exited with code {returncode}"
         raise EncodeError(f"encoding the MP4 failed: {detail[:300]}")
+
+
+def raw_frames_input(width: int, height: int, fps: int) -> list[str]:
+    """ffmpeg's input arguments for raw RGB frames (F, H, W, 3) uint8 written to its stdin."""
+    return ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
+
+
+def stderr_lines(chunks: list[bytes]) -> list[str]:
+    """What ffmpeg wrote to stderr, as lines (its own error is the last)."""
+    return b"".join(chunks).decode("utf-8", "replace").strip().splitlines()
 
 
 def probe_mp4(path: Path) -> dict:

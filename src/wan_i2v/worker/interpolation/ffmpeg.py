@@ -35,6 +35,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from ...errors import InterpolationError
+from ..video import raw_frames_input, stderr_lines
 
 RATE = 16  # the nominal input frame rate; only the ratio of the rates matters to the filter
 MIN_SIDE = 32  # minterpolate refuses smaller frames
@@ -67,16 +68,7 @@ def minterpolate(frames: np.ndarray, factor: int) -> np.ndarray:
         "-loglevel",
         "error",
         "-nostdin",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        str(RATE),
-        "-i",
-        "pipe:0",
+        *raw_frames_input(width, height, RATE),
         "-vf",
         f"format=yuv444p,minterpolate=fps={RATE * factor}:mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1:scd=none",
         "-an",
@@ -122,7 +114,7 @@ def minterpolate(frames: np.ndarray, factor: int) -> np.ndarray:
         returncode = process.wait()
         writer.join()
         reader.join()
-    lines = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
+    lines = stderr_lines(errors)
     if returncode != 0:
         detail = lines[-1] if lines else f"ffmpeg exited with code {returncode}"
         raise InterpolationError(f"frame interpolation failed: {detail[:300]}")

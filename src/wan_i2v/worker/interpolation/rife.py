@@ -15,6 +15,7 @@ worker's device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -87,16 +88,28 @@ class IFBlock(nn.Module):
         return out[:, :4] * scale, out[:, 4:5], out[:, 5:]
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward warp: each output pixel reads `image` at its own position plus `flow` (in pixels)."""
-    _, _, height, width = flow.shape
-    ys = torch.linspace(-1.0, 1.0, height, device=flow.device, dtype=flow.dtype)
-    xs = torch.linspace(-1.0, 1.0, width, device=flow.device, dtype=flow.dtype)
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """The frame size the network runs at: each side rounded up to a multiple of PAD."""
+    return math.ceil(height / PAD) * PAD, math.ceil(width / PAD) * PAD
+
+
+def identity_grid(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """grid_sample's coordinates of each pixel of `like` (B, C, H, W), in [-1, 1]: (H, W) for x and for y."""
+    _, _, height, width = like.shape
+    ys = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    gx = grid_x + flow[:, 0] * (2.0 / (width - 1))
-    gy = grid_y + flow[:, 1] * (2.0 / (height - 1))
-    grid = torch.stack((gx, gy), dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return grid_x, grid_y
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, grid: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Backward warp: each output pixel reads `image` at its own position (`grid`) plus `flow` (in pixels)."""
+    _, _, height, width = flow.shape
+    gx = grid[0] + flow[:, 0] * (2.0 / (width - 1))
+    gy = grid[1] + flow[:, 1] * (2.0 / (height - 1))
+    return F.grid_sample(
+        image, torch.stack((gx, gy), dim=-1), mode="bilinear", padding_mode="border", align_corners=True
+    )
 
 
 class IFNet(nn.Module):
@@ -116,6 +129,7 @@ class IFNet(nn.Module):
         f0, f1: `encode` of each frame (computed once per frame, shared by every t); t: (B, 1, 1, 1).
         """
         t = t.expand(-1, 1, img0.shape[2], img0.shape[3]).to(img0.dtype)
+        grid = identity_grid(img0)  # the same for all ten warps
         flow = mask = feat = None
         warped0, warped1 = img0, img1
         for index, scale in enumerate(SCALES):
@@ -123,10 +137,10 @@ class IFNet(nn.Module):
             if flow is None:
                 flow, mask, feat = block(torch.cat((img0, img1, f0, f1, t), 1), None, scale)
             else:
-                wf0, wf1 = warp(f0, flow[:, :2]), warp(f1, flow[:, 2:4])
+                wf0, wf1 = warp(f0, flow[:, :2], grid), warp(f1, flow[:, 2:4], grid)
                 update, mask, feat = block(torch.cat((warped0, warped1, wf0, wf1, t, mask, feat), 1), flow, scale)
                 flow = flow + update
-            warped0, warped1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+            warped0, warped1 = warp(img0, flow[:, :2], grid), warp(img1, flow[:, 2:4], grid)
         weight = torch.sigmoid(mask)
         return warped0 * weight + warped1 * (1 - weight)
 

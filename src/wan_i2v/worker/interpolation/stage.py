@@ -30,7 +30,7 @@ from ..levers import InjectedFault, Ladder, SelfCheckFailed
 from ..settings import InterpolationOptions
 from .ffmpeg import minterpolate
 from .pairs import Pair, sort_pairs
-from .rife import PAD, VERSION, IFNet, RifeWeightsError, load_rife
+from .rife import VERSION, IFNet, RifeWeightsError, load_rife, padded_size
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +155,12 @@ class Interpolator:
 
     def _rife(self, frames, factor: int, moving: list[int], out: torch.Tensor, report: Progress) -> None:
         height, width = frames.shape[1:3]
-        padded = (math.ceil(height / PAD) * PAD, math.ceil(width / PAD) * PAD)
-        per_frame = BYTES_PER_PIXEL[self.dtype] * padded[0] * padded[1]
-        pairs_per_batch = max(1, self._budget() // (per_frame * (factor - 1)))
+        pairs_per_batch = self.pairs_per_batch(height, width, factor)
         start, done = 0, 0
         while start < len(moving):
             batch = moving[start : start + pairs_per_batch]
             try:
-                self._rife_batch(frames, factor, batch, padded, out)
+                self._rife_batch(frames, factor, batch, out)
             except torch.OutOfMemoryError:
                 if pairs_per_batch == 1:
                     raise InterpolationError(
@@ -177,20 +175,22 @@ class Interpolator:
             report(done=done, total=len(moving))
 
     @torch.inference_mode()
-    def _rife_batch(self, frames, factor: int, batch: list[int], padded: tuple[int, int], out: torch.Tensor):
+    def _rife_batch(self, frames, factor: int, batch: list[int], out: torch.Tensor):
         """New frames for the pairs `batch` (indices of their first frames): one forward for all of them."""
-        height, width = frames.shape[1:3]
         used = sorted({i for index in batch for i in (index, index + 1)})
         where = {frame: row for row, frame in enumerate(used)}
-        images = _to_model(frames[used], self.dtype, padded)
-        features = self.net.encode(images)
-        first = torch.tensor([where[i] for i in batch for _ in range(1, factor)], device=images.device)
-        second = first + 1
-        t = torch.tensor([s / factor for _ in batch for s in range(1, factor)], device=images.device)
-        made = self.net(images[first], images[second], features[first], features[second], t.view(-1, 1, 1, 1))
-        made = made[:, :, :height, :width].clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        times = [(where[i], step / factor) for i in batch for step in range(1, factor)]
+        made = between(self.net, frames[used], self.dtype, times)
+        made = made.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
         slots = torch.tensor([i * factor + s for i in batch for s in range(1, factor)], device=out.device)
         out[slots] = made.to(out.device)
+
+    def pairs_per_batch(self, height: int, width: int, factor: int) -> int:
+        """How many pairs (each with its k - 1 new frames) one forward takes: the budget over the estimated
+        bytes of a new frame at the padded size; at least one."""
+        padded = padded_size(height, width)
+        per_frame = BYTES_PER_PIXEL[self.dtype] * padded[0] * padded[1]
+        return max(1, self._budget() // (per_frame * (factor - 1)))
 
     def _budget(self) -> int:
         cap = int(self.options.budget_gb * GIB)
@@ -200,11 +200,17 @@ class Interpolator:
         return max(0, min(cap, free - RESERVE))
 
 
-def _to_model(frames: torch.Tensor, dtype: torch.dtype, padded: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H', W') in [0, 1], zero-padded at the bottom and right to `padded`."""
-    images = frames.permute(0, 3, 1, 2).to(dtype).div(255)
+def between(net: IFNet, frames: torch.Tensor, dtype: torch.dtype, times: list[tuple[int, float]]) -> torch.Tensor:
+    """RIFE's frames (N, 3, H, W), float in [0, 1] (before rounding), for `times`: (i, t) asks for the frame at
+    t between frames[i] and frames[i + 1] of (F, H, W, 3) uint8 `frames`. Each frame's features once."""
     height, width = frames.shape[1:3]
-    return F.pad(images, (0, padded[1] - width, 0, padded[0] - height))
+    padded = padded_size(height, width)
+    images = F.pad(frames.permute(0, 3, 1, 2).to(dtype).div(255), (0, padded[1] - width, 0, padded[0] - height))
+    features = net.encode(images)
+    first = torch.tensor([i for i, _ in times], device=images.device)
+    second = first + 1
+    t = torch.tensor([t for _, t in times], device=images.device).view(-1, 1, 1, 1)
+    return net(images[first], images[second], features[first], features[second], t)[:, :, :height, :width]
 
 
 def probe_pair(device: torch.device, size: tuple[int, int] = PROBE_SIZE) -> torch.Tensor:
@@ -232,14 +238,10 @@ def choose_precision(
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return torch.float32, None
     frames = probe_pair(device, size)
-    padded = tuple(math.ceil(s / PAD) * PAD for s in frames.shape[1:3])
 
     def middle(model: IFNet, dtype: torch.dtype) -> torch.Tensor:
         with torch.inference_mode():
-            images = _to_model(frames, dtype, padded)
-            features = model.encode(images)
-            half = torch.full((1, 1, 1, 1), 0.5, device=device)
-            return model(images[:1], images[1:], features[:1], features[1:], half).float()
+            return between(model, frames, dtype, [(0, 0.5)]).float()
 
     reference = middle(net, torch.float32)
     try:
