@@ -39,7 +39,6 @@ A gated or private repository reads its token from HF_TOKEN.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -52,6 +51,7 @@ if importlib.util.find_spec("wan_i2v") is None:  # run from a checkout without t
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from wan_i2v.errors import ModelConfigError  # noqa: E402
+from wan_i2v.files import file_sha256  # noqa: E402
 from wan_i2v.worker.components import fp32_parts, kept_fp32  # noqa: E402
 from wan_i2v.worker.model_config import check_model_configs  # noqa: E402
 from wan_i2v.worker.safetensors_layout import LayoutError, check_layout  # noqa: E402
@@ -219,14 +219,6 @@ class RifeBakeError(Exception):
     """RIFE weights that are not baked: a hash that differs, no flownet.pkl, not v4.26's layout."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def flownet_from_zip(archive: Path, out: Path) -> Path:
     """Copy the zip's one flownet.pkl, found by base name, to `out`: that member only, never the whole zip."""
     with zipfile.ZipFile(archive) as zipped:
@@ -277,7 +269,7 @@ def rife_is_baked(folder: Path, sha256: str) -> bool:
     """Whether `folder` holds the safetensors baked from a file with this sha256, unchanged since."""
     try:
         facts = json.loads((folder / PROVENANCE).read_text())
-        return facts["sha256"] == sha256 and sha256_of(folder / RIFE_BAKED) == facts["safetensors_sha256"]
+        return facts["sha256"] == sha256 and file_sha256(folder / RIFE_BAKED) == facts["safetensors_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -286,7 +278,7 @@ def bake_rife(dest: Path, repo: str, revision: str, filename: str, expected: str
     """Write DEST/interpolation/rife-v4.26.safetensors and its provenance.json from the hub's file (or `source`),
     whose sha256 must be `expected` unless that is empty. Nothing lands in DEST/interpolation/ unless it checks."""
     folder, staging = dest / RIFE_FOLDER, dest / ".staging" / "rife"
-    known = expected or (sha256_of(source) if source is not None else "")
+    known = expected or (file_sha256(source) if source is not None else "")
     if known and rife_is_baked(folder, known):
         print(f"RIFE weights: {folder / RIFE_BAKED} already baked from sha256 {known}", flush=True)
         return json.loads((folder / PROVENANCE).read_text())
@@ -298,7 +290,7 @@ def bake_rife(dest: Path, repo: str, revision: str, filename: str, expected: str
             fetched = Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision, local_dir=staging))
         else:
             fetched = source
-        digest = sha256_of(fetched)
+        digest = file_sha256(fetched)
         if expected and digest != expected:
             raise RifeBakeError(f"{fetched.name}: sha256 {digest}, expected {expected} (--rife-sha256)")
         weights = flownet_from_zip(fetched, staging / RIFE_MEMBER) if zipfile.is_zipfile(fetched) else fetched
@@ -309,7 +301,7 @@ def bake_rife(dest: Path, repo: str, revision: str, filename: str, expected: str
             "revision": revision if source is None else None,
             "file": filename if source is None else fetched.name,
             "sha256": digest,  # of `file`, the zip as published
-            "flownet_sha256": sha256_of(weights) if weights.suffix != ".safetensors" else None,
+            "flownet_sha256": file_sha256(weights) if weights.suffix != ".safetensors" else None,
             "source": "hub" if source is None else f"local file {source}",
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "written_by": "builder/fetch_weights.py",
@@ -345,7 +337,7 @@ def write_rife(folder: Path, state: dict, facts: dict) -> None:
     except (RifeWeightsError, RuntimeError) as exc:
         target.unlink()
         raise RifeBakeError(f"{RIFE_BAKED} does not load back: {exc}") from None
-    facts["safetensors_sha256"] = sha256_of(target)
+    facts["safetensors_sha256"] = file_sha256(target)
     with written_whole(folder / PROVENANCE) as partial:
         partial.write_text(json.dumps(facts, indent=2) + "\n")
 

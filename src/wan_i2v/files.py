@@ -1,7 +1,8 @@
-"""Files that appear whole or not at all."""
+"""Files that appear whole or not at all, and a file's SHA-256."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,3 +22,12 @@ def written_whole(dest: Path) -> Iterator[Path]:
         os.replace(partial, dest)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256 (hex), read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError, OutOfMemoryError, SettingsError
+from ..files import file_sha256
 from ..schema import FRAME_MIN, MODES, RESOLUTION_AREAS, WAN_NEGATIVE_PROMPT, Phase
 from .attention import AttentionChoice, apply_attention, pick_attention
 from .coldstart import ColdStart
@@ -43,7 +44,7 @@ from .lora import Adapter, ExpertLora, parameter_shapes, parse_lora, read_safete
 from .memory import MemoryPlan, Parking, Placement, align_storage, choose_plan, module_bytes, quantised_bytes
 from .model_config import check_model_configs
 from .prepared_cache import FORMAT as CACHE_FORMAT
-from .prepared_cache import PreparedCache, file_sha256, package_versions, weights_identity
+from .prepared_cache import PreparedCache, package_versions, weights_identity
 from .prompt_cache import PromptCache
 from .quantize import count_quantisable, pick_quant, quantize_expert
 from .settings import EngineOptions, parse_step_cache

@@ -63,14 +63,6 @@ def weights_identity(folder: Path) -> list[list]:
     return files
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def package_versions() -> dict[str, str]:
     found = {}
     for name in ("torch", "torchao", "diffusers"):
