@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "builder"))
 
-from tiny_model import write_tiny_model  # noqa: E402
+from tiny_model import write_tiny_model
 
 REPO = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 COMMIT = "0" * 40

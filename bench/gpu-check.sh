@@ -9,14 +9,18 @@
 # 1. Installs each wheel of .whl/ whose package this python lacks, or has in an older version, into /tmp/site
 #    (nothing else is shadowed). 2. Checks that the bench's imports are there (no GPU time spent on a missing
 #    one). 3. Runs `bench/run.py --quick` with what is left of BUDGET_S (default 270 s for this whole script):
-#    results merged into bench/results/<gpu>.json (or RESULTS=FILE), a line per path as it finishes.
+#    results merged into bench/results/<gpu>.json (or RESULTS=FILE), a line per path as it finishes, leaving
+#    GPUS_S (default 75 s) of the budget to 3b. `--quick --gpus G` (G: every GPU here, so 1 on a single GPU:
+#    the multi-rank code path at N = 1; --smoke: 1) within what is then left: turbo-fp8 and quality-fp8 on
+#    G ranks and on 1, into `quick_gpusG` (BENCHMARKS.md, "Several GPUs"); GPUS_S=0 leaves it out.
 #    4. Prints the table of figures (~ marks an estimate) and draws the chart.
-# PYTHON picks the interpreter (default python3). The exit status is the quick run's (1: a path failed).
+# PYTHON picks the interpreter (default python3). The exit status is the quick run's, else 3b's (1: a path failed).
 set -euo pipefail
 started=$SECONDS
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${PYTHON:-python3}
 budget=${BUDGET_S:-270}
+gpus_s=${GPUS_S:-75}
 out=${OUT:-}
 quick=(bench/run.py --quick)
 case "${1:-}" in
@@ -91,8 +95,8 @@ if lacking:
     sys.exit(f"missing: {', '.join(lacking)} (bench/fetch-wheels.sh, then carry .whl/ here)")
 PY
 
-# 3. The quick run, within what is left of the budget
-left=$((budget - (SECONDS - started)))
+# 3. The quick run, within what is left of the budget (less 3b's share)
+left=$((budget - gpus_s - (SECONDS - started)))
 log=$(mktemp /tmp/gpu-check-log.XXXXXX)
 echo "running ${quick[*]} --budget-s $left"
 set +e
@@ -102,6 +106,24 @@ else
   "$python" "${quick[@]}" --budget-s "$left" 2>&1 | tee "$log"
 fi
 status=${PIPESTATUS[0]}
+
+# 3b. The same engine paths on every GPU here (1 GPU: the multi-rank code path at N = 1), and on one
+left=$((budget - (SECONDS - started)))
+if ((gpus_s > 0 && left > 10)); then
+  count=1
+  [[ ${quick[*]} != *--smoke* ]] && command -v nvidia-smi >/dev/null && count=$(nvidia-smi -L | wc -l)
+  several=(bench/run.py --quick --gpus "$((count > 1 ? count : 1))" "${quick[@]:2}" --budget-s "$left")
+  echo "running ${several[*]}"
+  if command -v timeout >/dev/null; then
+    timeout --kill-after=10 $((left + 40)) "$python" "${several[@]}" 2>&1 | tee -a "$log"
+  else
+    "$python" "${several[@]}" 2>&1 | tee -a "$log"
+  fi
+  second=${PIPESTATUS[0]}
+  ((status == 0)) && status=$second
+else
+  echo "3b (--gpus) left out: GPUS_S=$gpus_s, $left s of the budget left"
+fi
 set -e
 
 # 4. The table (printed again if the run was cut short), the chart, and the copies

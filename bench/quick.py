@@ -25,11 +25,20 @@ measure in one process, within `--budget-s` seconds of the process start (defaul
   GRACE_S past the budget is stopped. A path's failure is its result (`ok: false` and the error); the
   others still run. A line is printed as each path finishes, and the results file is written after each.
 
+`--gpus N` runs only the figures of several GPUs, into `quick_gpusN` (the `quick` object stays as it is):
+`depth-fit`, then turbo-fp8 and quality-fp8 (`<path>-gpusN`, eager: compiling both would not fit the quick
+run's budget; the rows compile) on one rank, then on N ranks
+(run.started_ranks: followers building the same N-block pipeline), each resolution with the layout, each
+rank's peak GPU memory and `scaling` (efficiency = t(1) / (N x t(N)) per forward and per whole job, and
+the frames' relative L2 against one rank's). The one-rank reference runs in the same call, before the
+followers start; with N = 1 the path runs once, through the same code, and is its own reference.
+
 `--smoke` runs the same code on the CPU with the tiny model (fp8 -> int8, compiling off) in seconds.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import functools
@@ -325,6 +334,8 @@ class Quick:
         self.device = torch.device("cpu" if args.smoke else "cuda")
         self.dtype = torch.float32 if args.smoke else torch.bfloat16  # what the experts compute in
         self.blocks = args.blocks or (2 if args.smoke else 4)  # the smoke run: the tiny model's own depth
+        self.gpus: int | None = getattr(args, "gpus", None)  # --gpus N: only the paths on several ranks
+        self.last_frames: dict[str, np.ndarray] = {}  # resolution -> the last engine job's frames
         self.steps = args.quality_steps
         self.frames = args.frames or (5 if args.smoke else 81)
         self.sizes = run.SMOKE_SIZES if args.smoke else run.SIZES
@@ -533,9 +544,8 @@ class Quick:
         formula += f" + {steps} steps x {forwards} forwards x {per_forward_40['value']:.4f}"
         return estimated(total, "; ".join([formula, *notes]), digits=2)
 
-    def peaks(self, copies: int, quant: str) -> tuple[dict, dict]:
-        """Peak GPU memory at N blocks, and at 40: `copies` experts' worth of the missing blocks added."""
-        peak = run._peak_gib(self.device)
+    def peaks(self, copies: int, quant: str, peak: float | None) -> tuple[dict, dict]:
+        """Peak GPU memory at N blocks (`peak`), and at 40: `copies` experts' worth of the missing blocks added."""
         if peak is None:
             why = "no GPU: the CPU run has no device memory to measure"
             return missing(why), missing(why)
@@ -580,6 +590,9 @@ class Quick:
             ("turbo-fp8-loras", 40, self.engine_path("turbo-fp8-loras")),
             ("quality-bf16-compiled-static", 40, self.engine_path("quality-bf16-compiled-static")),
         ]
+        if self.gpus is not None:  # one eager engine path; on several: the reference, the followers' start, N ranks
+            needs = 35 if self.gpus == 1 else 80
+            order = [order[0]] + [(f"{n}-gpus{self.gpus}", needs, self.gpus_path(n, self.gpus)) for n in run.GPUS_ROWS]
         return [BenchPath(name, 0 if self.smoke else needs, measure) for name, needs, measure in order]
 
     def path_interpolation(self, entry: dict) -> None:
@@ -654,7 +667,7 @@ class Quick:
         step_s, warm = clock.warm_step_s()
         per_forward_40 = self.at_full_depth(step_s / 2, resolution)
         fixed = seconds - p.steps * step_s  # encode, decode, the first steps' one-time costs
-        peak, peak_40 = self.peaks(PLAN_COPIES["resident"], "none")
+        peak, peak_40 = self.peaks(PLAN_COPIES["resident"], "none", run._peak_gib(self.device))
         entry["resolutions"] = {
             resolution: {
                 "steps_run": p.steps,
@@ -674,37 +687,92 @@ class Quick:
             }
         }
 
-    def engine_path(self, name: str, cold: bool = False) -> Callable[[dict], None]:
-        """A row of run.ROWS through Engine.prepare and one Engine.generate per resolution. `cold`: prepared
-        with an empty compile cache and the worker's warm-up, as a first cold start (cold-start's first half)."""
+    def engine_path(self, name: str, cold: bool = False, gpus: int = 1, **changes) -> Callable[[dict], None]:
+        """A row of run.ROWS through Engine.prepare and one Engine.generate per resolution, on `gpus` ranks.
+        `cold`: prepared with an empty compile cache and the worker's warm-up, as a first cold start
+        (cold-start's first half). `changes`: engine options over the row's."""
         mode, row_options, resolutions = run.ROWS[name]
+        if cold:
+            changes = {**changes, "compile_cache": self.compile_dir, "warmup": "auto"}
 
         def measure(entry: dict) -> None:
-            changes = {"compile_cache": self.compile_dir, "warmup": "auto"} if cold else {}
             options = self.engine_options(row_options, **changes)
-            pipe = self.pipeline()
-            count = row_options.get("user_loras", 0)
-            rank = 4 if self.smoke else run.USER_LORA_RANK
-            loras = run.write_user_loras(self.work, pipe.transformer.config, count, rank)
-            entry["options"] = {key: str(v) for key, v in options.items() if key != "device"}
-            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-            began = time.perf_counter()
-            engine = Engine.prepare(pipe, EngineOptions(**options), model="random-real-size")
-            entry["prepare_s"] = measured(time.perf_counter() - began, 2)
-            report = engine.cold_start.as_dict()
-            entry["cold_start"] = report
-            if "fallbacks" in report:
-                entry["fallbacks"] = report["fallbacks"]
-            if cold:
-                self.empty_cache_start = report
-            try:
-                for resolution in resolutions:
-                    entry.setdefault("resolutions", {})[resolution] = self.measure_job(engine, mode, resolution, loras)
-            finally:
-                entry["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
-                self.release(engine)
+            spec = {"bench": "quick", "smoke": self.smoke, "blocks": self.blocks, "model_path": None, "work": self.work}
+            with run.started_ranks(gpus, {**spec, "options": options}) as ranks:
+                self._engine_path(entry, mode, row_options, resolutions, options, cold, ranks)
 
         return measure
+
+    def _engine_path(self, entry: dict, mode, row_options, resolutions, options, cold: bool, ranks) -> None:
+        pipe = self.pipeline()
+        count = row_options.get("user_loras", 0)
+        rank = 4 if self.smoke else run.USER_LORA_RANK
+        loras = run.write_user_loras(self.work, pipe.transformer.config, count, rank)
+        entry["options"] = {key: str(v) for key, v in options.items() if key != "device"}
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        began = time.perf_counter()
+        engine = Engine.prepare(
+            pipe, ranks.engine_options(EngineOptions(**options)), model="random-real-size", ranks=ranks
+        )
+        entry["prepare_s"] = measured(time.perf_counter() - began, 2)
+        report = engine.cold_start.as_dict()
+        entry["cold_start"] = report
+        if "fallbacks" in report:
+            entry["fallbacks"] = report["fallbacks"]
+        if cold:
+            self.empty_cache_start = report
+        try:
+            for resolution in resolutions:
+                entry.setdefault("resolutions", {})[resolution] = self.measure_job(engine, mode, resolution, loras)
+        finally:
+            entry["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+            self.release(engine)
+
+    def gpus_path(self, name: str, gpus: int) -> Callable[[dict], None]:
+        """Row `name` on one rank (the reference, before the followers start), then on `gpus`, both eager (two
+        compiles would not fit the quick run's budget; `--gpus N` rows compile); each resolution gets the layout, each rank's peak and the scaling against one rank."""
+
+        def measure(entry: dict) -> None:
+            reference, frames = {}, {}
+            if gpus > 1:
+                self.engine_path(name, compile="off")(reference)
+                frames = dict(self.last_frames)
+                entry["reference_1_gpu_prepare_s"] = reference["prepare_s"]
+            self.engine_path(name, gpus=gpus, compile="off")(entry)
+            for resolution, job in entry["resolutions"].items():
+                one = reference.get("resolutions", {}).get(resolution, job)
+                facts = run.parallel_facts(job["engine"])
+                peaks = facts["peak_gib_per_rank"]
+                job["layout"] = facts["layout"]
+                job["peak_gib_per_rank"] = (
+                    {"value": peaks, "basis": "measured", "blocks": self.blocks} if peaks else missing("no GPU")
+                )
+                job["scaling"] = self.scaling(one, job, gpus, frames.get(resolution), self.last_frames[resolution])
+
+        return measure
+
+    def scaling(self, one: dict, many: dict, gpus: int, one_frames, many_frames) -> dict:
+        """Seconds on one rank and on `gpus`: efficiency = t(1) / (N x t(N)), per forward and per whole job."""
+        t1, tn = value(one["per_forward_s"]), value(many["per_forward_s"])
+        j1, jn = value(one["job_s"]), value(many["job_s"])
+        facts = {
+            "gpus": gpus,
+            "per_forward_s_1_gpu": one["per_forward_s"],
+            "job_s_1_gpu": one["job_s"],
+            "efficiency_per_forward": measured(
+                run.efficiency(t1, tn, gpus), formula=f"t(1) / (N x t(N)) = {t1} / ({gpus} x {tn}), at N blocks"
+            ),
+            "efficiency_job": estimated(
+                run.efficiency(j1, jn, gpus), f"job(1) / (N x job(N)) = {j1} / ({gpus} x {jn}), both estimated at 40"
+            )
+            if j1 and jn
+            else missing("no whole-job estimate"),
+        }
+        if one_frames is None:
+            facts["rel_l2_vs_1_gpu"] = measured(0.0, 4, note="one rank: the reference itself")
+        else:
+            facts["rel_l2_vs_1_gpu"] = measured(run._relative_l2(many_frames, one_frames), 4, blocks=self.blocks)
+        return facts
 
     def measure_job(self, engine: Engine, mode: str, resolution: str, loras) -> dict:
         steps = TURBO_STEPS if mode == "turbo" else self.steps
@@ -729,7 +797,9 @@ class Quick:
         resident = self.job_estimate(resolution, mode, forwards, per_forward_40, parts)  # both experts on the GPU
         swap_costs = self.swap_costs(phases["vae_decode"]) if swap else []
         job = self.job_estimate(resolution, mode, forwards, per_forward_40, parts + swap_costs)
-        peak, peak_40 = self.peaks(PLAN_COPIES.get(engine.plan.name, 2), engine.quant)
+        per_rank = run.parallel_facts(generated.report)["peak_gib_per_rank"]  # the engine resets the peak per job
+        peak, peak_40 = self.peaks(PLAN_COPIES.get(engine.plan.name, 2), engine.quant, (per_rank or [None])[0])
+        self.last_frames[resolution] = generated.frames
         return {
             "steps_run": steps,
             "step_s": [round(s, 4) for s in clock.steps],
@@ -960,6 +1030,15 @@ class Quick:
         self.report["elapsed_s"] = round(self.budget.used(), 1)
 
 
+def follower_pipeline(spec: dict, work: Path):
+    """A follower rank's pipeline (run.follow): built as rank 0's Quick builds it, same seeds and blocks."""
+    args = argparse.Namespace(smoke=spec["smoke"], blocks=spec["blocks"], quality_steps=4, frames=None, disk_dir=None)
+    work.mkdir(parents=True, exist_ok=True)
+    quick = Quick(args, work, Budget(3600.0))
+    quick.setup()
+    return quick.pipeline()
+
+
 def _sum_of(parts: list[tuple[str, float]], note: str) -> dict:
     formula = " + ".join(f"{name} {seconds:.1f}" for name, seconds in parts)
     return estimated(sum(seconds for _, seconds in parts), f"{formula} ({note})", digits=1)
@@ -993,12 +1072,42 @@ def headline(name: str, entry: dict) -> str:
     for case, figures in entry.get("cases", {}).items():  # the interpolation path
         peak = value(figures.get("peak_extra_gib"))
         parts.append(f"{case} {value(figures.get('seconds'))} s" + (f", peak +{peak} GiB" if peak is not None else ""))
+    for resolution, figures in entry.get("resolutions", {}).items():  # a path on several ranks
+        if "scaling" in figures:
+            scaling = figures["scaling"]
+            parts.append(
+                f"{resolution} on {scaling['gpus']} GPUs {figures['layout']}: scaling efficiency "
+                f"{value(scaling['efficiency_per_forward'])} per forward (1 GPU "
+                f"{value(scaling['per_forward_s_1_gpu'])} s), ~{value(scaling['efficiency_job'])} job (1 GPU "
+                f"~{value(scaling['job_s_1_gpu'])} s); peak GiB per rank {value(figures['peak_gib_per_rank'])}; "
+                f"rel L2 vs 1 GPU {value(scaling['rel_l2_vs_1_gpu'])}"
+            )
     if "error" in entry:
         parts.append(entry["error"][:300])
     return "; ".join(parts)
 
 
 # ---- targets -------------------------------------------------------------------------------------------
+# issue 25, on 8 x H100: key -> (path, figure, target, at most (True) or at least); judged only on 8 GPUs
+GPUS_TARGETS = {
+    "quality_720p_s": ("quality-fp8", "job_s", 90, True),
+    "turbo_720p_s": ("turbo-fp8", "job_s", 8, True),
+    "efficiency_quality_720p": ("quality-fp8", "efficiency_job", 0.75, False),
+    "efficiency_turbo_720p": ("turbo-fp8", "efficiency_job", 0.75, False),
+}
+
+
+def gpus_targets(report: dict) -> dict:
+    """The multi-GPU targets from a `--quick --gpus N` report (720p), each with `met` (None unless 8 GPUs)."""
+    gpus, checks = report["gpus"], {}
+    for key, (path, name, target, at_most) in GPUS_TARGETS.items():
+        job = report["paths"].get(f"{path}-gpus{gpus}", {}).get("resolutions", {}).get("720p", {})
+        number = value(job.get("scaling", {}).get(name) if name.startswith("efficiency") else job.get(name))
+        met = None if number is None or gpus != 8 else (number <= target if at_most else number >= target)
+        checks[key] = {"value": number, "target": target, "met": met}
+    return checks
+
+
 def targets(quick: dict) -> tuple[dict, dict]:
     """The `targets` keys (run.targets) from a quick run, and each one's basis: "measured (...)",
     "estimated: <formula>" or "not measured: <why>"."""
@@ -1047,7 +1156,9 @@ def main(args, results: dict, write: Callable[[], None]) -> int:
     budget = Budget(args.budget_s, process_age_s())
     with tempfile.TemporaryDirectory(prefix="wan-quick-") as tmp:
         quick = Quick(args, Path(tmp), budget)
-        results["quick"] = quick.report
+        results["quick" if quick.gpus is None else f"quick_gpus{quick.gpus}"] = quick.report
+        if quick.gpus is not None:
+            quick.report["gpus"] = quick.gpus
         try:
             quick.report["setup"] = {"ok": True, **quick.setup()}
         except Exception as exc:  # noqa: BLE001 - nothing can run without the shared parts: say why and stop
@@ -1068,5 +1179,11 @@ def main(args, results: dict, write: Callable[[], None]) -> int:
         write()
     import chart
 
-    print(chart.table(results), flush=True)
+    if quick.gpus is None:
+        print(chart.table(results), flush=True)
+    else:
+        quick.report["targets"] = gpus_targets(quick.report)
+        write()
+        for key, check in quick.report["targets"].items():
+            print(f"{key} on {quick.gpus} GPUs: {check['value']} (target {check['target']}, met {check['met']})")
     return 1 if any(entry.get("ok") is False for entry in quick.report["paths"].values()) else 0

@@ -7,6 +7,9 @@
                                                          # bench/results/<gpu>.json; each call under 10 minutes
     python bench/run.py --smoke                          # the rows' code on the CPU, tiny model
     python bench/run.py --rows interpolation             # GPU: frame interpolation (bench/interpolation.py)
+    python bench/run.py --gpus 8                         # 8 GPUs: turbo-fp8 and quality-fp8 on 8 ranks and on 1
+    python bench/run.py --quick --gpus 8                 # the same figures on a few blocks per expert (minutes)
+    python bench/run.py --smoke --gpus 2                 # the CPU: two gloo ranks, the tiny model, seconds
 
 On a GPU it builds the real-size Wan2.2 I2V-A14B pipeline (two 14B experts with the real configs,
 UMT5-XXL, the Wan VAE) with random weights directly on the GPU: no download, and a forward costs the
@@ -21,12 +24,21 @@ cold start (prepare: fusion, quantise, compile, warm-up), peak GPU memory, and t
 decoded frames against the baseline's (the same steps, guidance and seed through diffusers' own
 `WanImageToVideoPipeline.__call__`). `targets` and `baseline` are filled from the rows present, and from
 the `quick` object where no row measured a target (`targets_basis` says which: measured or estimated).
+
+`--gpus N` runs each row's engine on N ranks (worker/ranks.py): this process is rank 0 and starts N - 1
+followers (this file with `--rank-follower`), which build the identical pipeline (same seeds, same layers)
+and serve each job rank 0's engine hands them. With N > 1 a row runs first on one rank (the reference), then
+on N, each as the worker runs it (compiled on a GPU; on several ranks every block but the first). Stored as
+`<row>-gpusN`: per resolution the layout, each rank's peak GPU memory and `scaling` (per-forward and
+whole-job seconds on 1 rank and on N, efficiency = t(1) / (N x t(N))). A failure during a job on several
+ranks ends this process as it ends a worker (after the rows measured so far are written).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gc
 import io
 import json
@@ -37,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +65,8 @@ from tiny_model import build_tokenizer, user_lora_state, write_lora_pair, write_
 from wan_i2v.worker.engine import HIGH_NOISE, LOW_NOISE, Engine, GenerationParams, JobLora
 from wan_i2v.worker.images import fit_image, load_image
 from wan_i2v.worker.netguard import UrlPolicy
-from wan_i2v.worker.settings import EngineOptions, Settings
+from wan_i2v.worker.ranks import Ranks, serve_as_follower
+from wan_i2v.worker.settings import EngineOptions, ParallelOptions, Settings
 
 # bench/quick.py imports this module as `run`: the same module object when this file is the script.
 sys.modules.setdefault("run", sys.modules[__name__])
@@ -92,6 +106,9 @@ SMOKE_ROWS = [
 ]  # fmt: skip
 OTHER_ROWS = ("cold-start", "interpolation")  # rows of their own code, outside ROWS
 USER_LORA_RANK = 32
+GPUS_ROWS = ("turbo-fp8", "quality-fp8")  # --gpus N: issue 25's targets (8 x H100, 720p) are on these
+PATH_OPTIONS = ("turbo_lora", "compile_cache", "prepared_cache")  # EngineOptions' folders (a follower's spec)
+RANK_TIMEOUT_S = 600.0  # a follower builds the real-size pipeline before rank 0's first collective waits on it
 
 
 # ---- the real-size pipeline with random weights ------------------------------------------------------
@@ -195,6 +212,115 @@ def build_real_size_pipeline(device: torch.device, layers: int | None = None, ex
     )  # fmt: skip
 
 
+def meta_expert_config():
+    """The real expert's config, from an expert without storage (what the turbo pair's shapes follow)."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        return WanTransformer3DModel(**real_expert_config()).config
+
+
+def rows_pipeline(smoke: bool, tiny: Path | None):
+    """The rows' pipeline: the tiny model from its folder (smoke), or the real-size one on the GPU."""
+    if smoke:
+        from diffusers import WanImageToVideoPipeline
+
+        return WanImageToVideoPipeline.from_pretrained(tiny, dtype=torch.float32)
+    return build_real_size_pipeline(torch.device("cuda"))
+
+
+# ---- several ranks -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def started_ranks(gpus: int, spec: dict) -> Iterator[Ranks]:
+    """`gpus` ranks: this process and gpus - 1 followers building the pipeline `spec` names (`follow`), each
+    serving the jobs of an engine of `spec["options"]`; stopped on the way out. One rank starts nothing."""
+    command = [sys.executable, __file__, "--rank-follower", json.dumps(spec, default=str)]
+    ranks = Ranks.start(ParallelOptions(gpus=gpus, timeout_s=RANK_TIMEOUT_S), command=command)
+    try:
+        yield ranks
+    finally:
+        if ranks.world > 1:
+            ranks.shutdown()
+            torch.distributed.destroy_process_group()
+
+
+def follow(spec: dict) -> None:
+    """A follower rank's whole life (`--rank-follower SPEC`): the same pipeline and engine as rank 0's."""
+
+    def load(ranks: Ranks) -> Engine:
+        if spec["bench"] == "quick":
+            import quick
+
+            pipe = quick.follower_pipeline(spec, Path(spec["work"]) / f"rank-{ranks.rank}")
+        else:
+            pipe = rows_pipeline(spec["smoke"], spec["model_path"] and Path(spec["model_path"]))
+        options = {k: Path(v) if k in PATH_OPTIONS and v is not None else v for k, v in spec["options"].items()}
+        return Engine.prepare(
+            pipe, ranks.engine_options(EngineOptions(**options)), model="random-real-size",
+            model_path=spec["model_path"] and Path(spec["model_path"]), ranks=ranks,
+        )  # fmt: skip
+
+    serve_as_follower(load)
+
+
+def parallel_facts(report: dict) -> dict:
+    """A job's layout and each rank's peak GPU memory (None off a GPU), from the engine's report."""
+    facts = dict(report.get("parallel", {}))
+    return {"peak_gib_per_rank": facts.pop("peak_memory_gb", None), "layout": facts}
+
+
+def efficiency(one: float | None, many: float | None, gpus: int) -> float | None:
+    """t(1) / (N x t(N)): 1.0 when N ranks are N times as fast as one."""
+    return round(one / (gpus * many), 3) if one and many else None
+
+
+def job_seconds(entry: dict) -> float | None:
+    return entry.get("job_s", entry.get("job_s_at_40_steps"))
+
+
+def gpus_summary(name: str, row: dict) -> str:
+    """A line per resolution of a row on several ranks: seconds on N and on 1, efficiency, peaks, layout."""
+    lines = []
+    for resolution, entry in row.items():
+        if not isinstance(entry, dict) or "scaling" not in entry:
+            continue
+        scaling = entry["scaling"]
+        lines.append(
+            f"  {name} {resolution}: per forward {entry['per_forward_s']} s (1 GPU {scaling['per_forward_s_1_gpu']} s), "
+            f"job {job_seconds(entry)} s (1 GPU {scaling['job_s_1_gpu']} s), scaling efficiency "
+            f"{scaling['efficiency_per_forward']} per forward / {scaling['efficiency_job']} job, peak GiB per rank "
+            f"{entry['peak_gib_per_rank']}, layout {entry['layout']}"
+        )
+    return "\n".join(lines) or f"  {name}: no job ran on {row.get('gpus')} ranks ({row.get('error', '')[:300]})"
+
+
+def gpus_row(bench: Bench, name: str, gpus: int) -> dict:
+    """Row `name` on one rank, then on `gpus`: the N-rank row with its scaling."""
+    mode, options, resolutions = ROWS[name]
+    reference, frames = {}, {}
+    if gpus > 1:
+        reference = bench.engine_row(mode, options, resolutions)
+        frames = dict(bench.last_frames)
+    row = bench.engine_row(mode, options, resolutions, gpus=gpus)
+    row["gpus"] = gpus
+    for resolution in resolutions:
+        entry, one = row.get(resolution, {}), reference.get(resolution, row.get(resolution, {}))
+        if "error" in entry or "error" in one:
+            continue
+        entry.update(parallel_facts(entry["engine"]))
+        entry["scaling"] = {
+            "gpus": gpus,
+            "per_forward_s_1_gpu": one["per_forward_s"],
+            "job_s_1_gpu": job_seconds(one),
+            "efficiency_per_forward": efficiency(one["per_forward_s"], entry["per_forward_s"], gpus),
+            "efficiency_job": efficiency(job_seconds(one), job_seconds(entry), gpus),
+            "rel_l2_vs_1_gpu": _relative_l2(bench.last_frames[resolution], frames[resolution]) if frames else 0.0,
+        }
+    if gpus > 1:
+        row["reference_1_gpu_cold_start_s"] = reference["cold_start_s"]
+    return row
+
+
 # ---- measuring ---------------------------------------------------------------------------------------
 def _image(width: int, height: int) -> str:
     y, x = np.mgrid[0:height, 0:width]
@@ -264,16 +390,22 @@ class Bench:
         self.tiny = write_tiny_model(work / "tiny") if smoke else None
         self.turbo_dir = None if smoke else work / "turbo-lora"
         self.reference: dict[tuple, np.ndarray] = {}
+        self.last_frames: dict[str, np.ndarray] = {}  # resolution -> the last engine row's frames
 
     def pipeline(self):
-        if self.smoke:
-            from diffusers import WanImageToVideoPipeline
+        return rows_pipeline(self.smoke, self.tiny)
 
-            return WanImageToVideoPipeline.from_pretrained(self.tiny, dtype=torch.float32)
-        pipe = build_real_size_pipeline(self.device)
-        if self.turbo_dir is not None and not self.turbo_dir.is_dir():
-            write_lora_pair(self.turbo_dir, pipe.transformer.config, rank=64, seed=10, std=0.002)
-        return pipe
+    def engine_options(self, options: dict) -> dict:
+        """A row's engine options (the smoke run: fp8 -> int8, nothing compiled), its turbo pair written."""
+        options = {"device": str(self.device), "turbo_lora": self.turbo_dir, "warmup": "auto", **options}
+        if self.smoke:
+            options.pop("turbo_lora")
+            options.update(compile="off", warmup="off")
+            if options.get("quant") == "fp8":
+                options["quant"] = "int8"  # no fp8 on the CPU: the smoke run takes the int8 path instead
+        elif not self.turbo_dir.is_dir():
+            write_lora_pair(self.turbo_dir, meta_expert_config(), rank=64, seed=10, std=0.002)
+        return options
 
     def user_loras(self, config, count: int) -> list[JobLora]:
         return write_user_loras(self.work, config, count, 4 if self.smoke else USER_LORA_RANK)
@@ -319,18 +451,23 @@ class Bench:
         _free(self.device)
         return result
 
-    def engine_row(self, mode: str, options: dict, resolutions) -> dict:
+    def engine_row(self, mode: str, options: dict, resolutions, gpus: int = 1) -> dict:
+        """The row's engine prepared and its jobs run, on `gpus` ranks (this process and its followers)."""
+        options = self.engine_options(options)
+        count = options.pop("user_loras", 0)
+        spec = {"bench": "rows", "smoke": self.smoke, "model_path": self.tiny, "options": options, "work": self.work}
+        with started_ranks(gpus, spec) as ranks:
+            return self._engine_row(mode, options, resolutions, count, ranks)
+
+    def _engine_row(self, mode: str, options: dict, resolutions, count: int, ranks) -> dict:
         pipe = self.pipeline()
-        options = {"device": str(self.device), "turbo_lora": self.turbo_dir, "warmup": "auto", **options}
-        loras = self.user_loras(pipe.transformer.config, options.pop("user_loras", 0))
-        if self.smoke:
-            options.pop("turbo_lora")
-            options.update(compile="off", warmup="off")
-            if options.get("quant") == "fp8":
-                options["quant"] = "int8"  # no fp8 on the CPU: the smoke run takes the int8 path instead
+        loras = self.user_loras(pipe.transformer.config, count)
         _reset_peak(self.device)
         started = time.perf_counter()
-        engine = Engine.prepare(pipe, EngineOptions(**options), model="random-real-size", model_path=self.tiny)
+        engine = Engine.prepare(
+            pipe, ranks.engine_options(EngineOptions(**options)), model="random-real-size", model_path=self.tiny,
+            ranks=ranks,
+        )  # fmt: skip
         row = {"cold_start_s": round(time.perf_counter() - started, 2), "cold_start": engine.cold_start.as_dict()}
         for resolution in resolutions:
             steps = 4 if mode == "turbo" else self.quality_steps
@@ -356,14 +493,16 @@ class Bench:
             mp4_s = time.perf_counter() - began
             phases = {**generated.timings, "fetch_image": round(fetch_s, 3), "encode_mp4": round(mp4_s, 3)}
             forwards = len(generated.experts) * (2 if p.guidance_scale > 1 else 1)
+            parallel = parallel_facts(generated.report)
             entry = {
                 "steps_run": steps,
                 "per_forward_s": round(generated.timings["denoise"] / forwards, 3),
                 "warm_job_phases_s": phases,
                 "first_job_s": round(first_s + fetch_s + mp4_s, 2),
-                "peak_gib": _peak_gib(self.device),
+                "peak_gib": (parallel["peak_gib_per_rank"] or [None])[0],  # the engine's own (it resets the peak)
                 "engine": generated.report,
             }
+            self.last_frames[resolution] = generated.frames
             if loras:
                 entry["user_loras"] = (
                     f"{len(loras) // 2} pairs, rank {4 if self.smoke else USER_LORA_RANK}, strength 0.8"
@@ -628,10 +767,18 @@ def main(argv: list[str] | None = None) -> int:
         "--model-dir", type=Path, default=None, help="interpolation: a model folder; RIFE's weights are looked "
         "for in its interpolation/ as the worker looks"
     )  # fmt: skip
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="the engine rows (or --quick's figures) on N ranks, and on 1 for the "
+        f"scaling efficiency; rows <row>-gpusN (default rows: {', '.join(GPUS_ROWS)}). Default: 1 rank, no such rows"
+    )  # fmt: skip
     parser.add_argument("--cold-start-child", type=Path, nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rank-follower", default=None, help=argparse.SUPPRESS)  # a follower's spec (JSON)
     args = parser.parse_args(argv)
     if args.cold_start_child is not None:
         cold_start_child(*args.cold_start_child, smoke=args.smoke)
+        return 0
+    if args.rank_follower is not None:
+        follow(json.loads(args.rank_follower))
         return 0
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no GPU here: run with --smoke for the CPU check, or on a GPU machine")
@@ -639,6 +786,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--quick runs every path itself: leave out --rows")
     if args.blocks is not None and args.blocks < 1:
         parser.error("--blocks: 1 or more")
+    if args.gpus is not None:
+        most = torch.cuda.device_count() if torch.cuda.is_available() and not args.smoke else None  # gloo: any
+        if args.gpus < 1 or (most is not None and args.gpus > most):
+            parser.error(f"--gpus {args.gpus}: 1 or more" + (f", at most the {most} GPUs here" if most else ""))
+        rows = [n for n in (args.rows or "").split(",") if n]
+        single = [n for n in rows if n not in ROWS or ROWS[n][0] == "baseline" or ROWS[n][1].get("step_cache")]
+        if single:
+            parser.error(f"--gpus: rows {single} run on one GPU only (the baseline, its own code, or a step cache)")
     out = args.out or ROOT / "bench" / "results" / f"{gpu_name()}.json"
     results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
     results.setdefault("rows", {})
@@ -652,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_rows(args, argv, out: Path, results: dict) -> int:
     names = args.rows.split(",") if args.rows else (SMOKE_ROWS if args.smoke else [*ROWS, *OTHER_ROWS])
+    if args.gpus is not None and not args.rows:
+        names = list(GPUS_ROWS)
     unknown = [n for n in names if n not in ROWS and n not in OTHER_ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; known: {', '.join([*ROWS, *OTHER_ROWS])}")
@@ -677,6 +834,8 @@ def run_rows(args, argv, out: Path, results: dict) -> int:
                     row = bench.baseline(("480p",) if args.smoke else ("480p", "720p"))
                     out.parent.mkdir(parents=True, exist_ok=True)
                     np.savez_compressed(frames_file, **{f"{r}-{n}": f for (r, n), f in bench.reference.items()})
+                elif args.gpus is not None:
+                    row = gpus_row(bench, name, args.gpus)
                 else:
                     mode, options, resolutions = ROWS[name]
                     row = bench.engine_row(mode, options, resolutions)
@@ -685,8 +844,11 @@ def run_rows(args, argv, out: Path, results: dict) -> int:
                     raise
                 row = {"error": f"{type(exc).__name__}: {str(exc)[:1000]}"}
             row["bench_s"] = round(time.perf_counter() - started, 1)
+            name = name if args.gpus is None else f"{name}-gpus{args.gpus}"
             results["rows"][name] = row
             print(f"{name}: {json.dumps(row, default=str)[:400]}", flush=True)
+            if args.gpus is not None:
+                print(gpus_summary(name, row), flush=True)
             _write(out, results, args, argv)  # after every row: a later crash loses nothing measured
     _write(out, results, args, argv)
     print(f"wrote {out}")

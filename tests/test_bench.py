@@ -225,6 +225,75 @@ def test_the_interpolation_rows_clip_and_its_rife_margin_with_weights_found(tmp_
     assert entry["targets"]["720p_k4_seconds"]["value"] is None  # no 720p case in this call
 
 
+# ---- several GPUs: two gloo ranks on the CPU ----------------------------------------------------------
+LAYOUTS = {"turbo-fp8": {"ulysses": 2, "cfg": 1}, "quality-fp8": {"ulysses": 1, "cfg": 2}}  # N = 2, 2 heads
+
+
+def run_bench(*args: str, out: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    script = [sys.executable, str(ROOT / "bench" / "run.py"), *args, "--out", str(out)]
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_gpu_check_runs_the_paths_of_several_gpus_at_n_1_after_the_quick_run(gpu_check):
+    """gpu-check.sh's step 3b on one device: `--quick --gpus 1`, the multi-rank code path on one rank."""
+    results, stdout, _ = gpu_check
+    assert "running bench/run.py --quick --gpus 1 --smoke " in stdout and "quick" in results
+    report = results["quick_gpus1"]
+    assert all(entry["ok"] is True for entry in report["paths"].values()), report["paths"]
+    job = report["paths"]["turbo-fp8-gpus1"]["resolutions"]["720p"]
+    assert job["layout"] == {"ranks": 1, "ulysses": 1, "ring": 1, "cfg": 1}
+    assert job["scaling"]["efficiency_per_forward"]["value"] == 1.0  # one rank is its own reference
+    assert re.search(r"^turbo_720p_s on 1 GPUs: [\d.]+ \(target 8, met None\)$", stdout, re.MULTILINE)
+
+
+@pytest.mark.load
+def test_quick_gpus_2_on_two_gloo_ranks_gives_the_layout_each_ranks_peak_and_the_scaling(tmp_path):
+    """bench/run.py --quick --smoke --gpus 2: this process and one follower; each path on one rank, then on two."""
+    results = run_bench("--quick", "--smoke", "--gpus", "2", out=tmp_path / "cpu-smoke.json")
+    assert "quick" not in results  # the one-GPU quick object is left as it was
+    report = results["quick_gpus2"]
+    assert report["gpus"] == 2 and set(report["paths"]) == {"depth-fit", "turbo-fp8-gpus2", "quality-fp8-gpus2"}
+    for name, layout in LAYOUTS.items():
+        entry = report["paths"][f"{name}-gpus2"]
+        assert entry["ok"] is True and entry["options"]["compile"] == "off", entry.get("error")
+        for resolution in ("480p", "720p"):
+            job = entry["resolutions"][resolution]
+            assert job["layout"] == {"ranks": 2, "ring": 1, **layout}
+            assert job["peak_gib_per_rank"]["basis"] == "not measured"  # no GPU memory on the CPU
+            scaling = job["scaling"]
+            assert scaling["gpus"] == 2 and figure(scaling, "per_forward_s_1_gpu", "measured") > 0
+            assert figure(scaling, "job_s_1_gpu", "estimated") > 0
+            assert 0 < figure(scaling, "efficiency_per_forward", "measured") < 2
+            assert 0 < figure(scaling, "efficiency_job", "estimated") < 2
+            assert figure(scaling, "rel_l2_vs_1_gpu", "measured") < 0.01  # two ranks make the frames of one
+    assert set(report["targets"]) == {
+        "quality_720p_s",
+        "turbo_720p_s",
+        "efficiency_quality_720p",
+        "efficiency_turbo_720p",
+    }
+    assert all(check["met"] is None and check["value"] > 0 for check in report["targets"].values())  # not 8 GPUs
+
+
+@pytest.mark.load
+def test_a_row_with_gpus_2_on_two_gloo_ranks_is_stored_beside_the_rows_with_its_scaling(tmp_path):
+    """bench/run.py --smoke --gpus 2 --rows turbo-fp8: the row on one rank, then on two, as `turbo-fp8-gpus2`."""
+    results = run_bench("--smoke", "--gpus", "2", "--rows", "turbo-fp8", out=tmp_path / "cpu-smoke.json")
+    row = results["rows"]["turbo-fp8-gpus2"]
+    assert set(results["rows"]) == {"turbo-fp8-gpus2"} and row["gpus"] == 2 and row["reference_1_gpu_cold_start_s"] > 0
+    for resolution in ("480p", "720p"):
+        entry = row[resolution]
+        assert entry["layout"] == {"ranks": 2, "ring": 1, **LAYOUTS["turbo-fp8"]} and entry["peak_gib_per_rank"] is None
+        scaling = entry["scaling"]
+        assert scaling["per_forward_s_1_gpu"] > 0 and scaling["job_s_1_gpu"] > 0
+        assert 0 < scaling["efficiency_per_forward"] < 2 and 0 < scaling["efficiency_job"] < 2
+        assert scaling["rel_l2_vs_1_gpu"] < 0.01
+    assert results["targets"]["turbo_480p_s"] is None  # a row on several ranks is not the one-GPU target
+
+
 # ---- the wheels a GPU machine without network installs ------------------------------------------------
 def shell_array(script: Path, name: str) -> list[str]:
     found = re.search(rf"^{name}=\(([^)]*)\)", script.read_text(), re.MULTILINE)

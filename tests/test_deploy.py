@@ -164,8 +164,11 @@ def test_hub_files_use_only_the_hubs_documented_fields_and_presets_are_real_sett
         )
         settled.append((job.mode, job.resolution, job.sample_steps))  # what a job naming neither runs
     assert settled == [  # the first is the default
-        ("turbo", "480p", 4), ("quality", "480p", 30), ("turbo", "720p", 4), ("turbo", "480p", 4)
+        ("turbo", "480p", 4), ("quality", "480p", 30), ("turbo", "720p", 4), ("quality", "720p", 30),
+        ("quality", "720p", 30), ("turbo", "480p", 4),
     ]  # fmt: skip
+    gpus = [preset["defaults"].get("WAN_GPUS") for preset in config["presets"]]
+    assert gpus == [None, None, None, 2, 8, None]  # the multi-GPU presets (README, "Several GPUs per worker")
     inputs = {entry["key"]: entry["input"] for entry in config["env"] if "input" in entry}
     for key, value in config["presets"][0]["defaults"].items():  # a listing with no preset chosen is the first
         assert str(inputs[key].get("default", value)) == str(value), key

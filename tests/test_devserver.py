@@ -520,3 +520,18 @@ def test_a_signal_the_process_was_told_to_ignore_stays_ignored():
     assert requests.get(f"{url}/v2/dev/health", headers={"Authorization": "Bearer k"}, timeout=10).ok
     serving.send_signal(signal.SIGTERM)
     assert serving.wait(10) == 0
+
+
+@pytest.mark.load  # a whole dev endpoint with a worker of two ranks (cold start of both, then a job)
+def test_a_two_rank_worker_serves_through_the_dev_endpoint_and_leaves_with_it(dev_endpoint_process, monkeypatch):
+    """WAN_GPUS=2 on a CPU: the dev endpoint's worker is rank 0 of two gloo ranks (worker/ranks.py)."""
+    monkeypatch.setenv("WAN_GPUS", "2")
+    process, url, workers = dev_endpoint_process(1, 1)
+    ranks = [workers[0], *workers[0].children(recursive=True)]
+    assert ["wan_i2v.worker.ranks" in " ".join(p.cmdline()) for p in ranks] == [False, True]
+    answer = requests.post(f"{url}/v2/dev/runsync", json={"input": QUICKEST}, headers=AUTH, timeout=120).json()
+    assert answer["status"] == "COMPLETED", answer
+    assert answer["output"]["engine"]["parallel"] == {"ranks": 2, "ulysses": 1, "ring": 1, "cfg": 2}
+    process.send_signal(signal.SIGTERM)
+    wait_until(lambda: gone(ranks), 15, "both ranks to exit with the endpoint")
+    assert process.wait(10) == 0

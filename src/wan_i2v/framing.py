@@ -17,11 +17,17 @@ MAX_ASPECT_RATIO = 4.0  # longer side over shorter side
 SIDE_MULTIPLE = 16  # VAE stride 8 x transformer patch 2
 
 
-def output_size(width: int, height: int, resolution: str, field: str = "image") -> tuple[int, int]:
+def output_size(
+    width: int, height: int, resolution: str, field: str = "image", tokens_multiple: int = 1
+) -> tuple[int, int]:
     """(width, height) of the video: the image's aspect ratio at the resolution's area, sides multiples of 16.
 
     Same rule as the official Wan2.2 code: each side is sqrt(area * its share of the aspect ratio),
     floored to a multiple of 16. Integer arithmetic keeps 832x480 and 1280x720 exact.
+
+    `tokens_multiple`: a worker that splits each frame's tokens (one per 16x16 patch) over several GPUs
+    needs their count to divide by its context-parallel degree; the sides then step down by 16 where
+    needed (the fewest pixels lost, then the aspect ratio kept best). 832x480 and 1280x720 divide by 8.
     """
     if width < 1 or height < 1:
         raise InputError(f"{field}: {width}x{height} has no pixels")
@@ -35,6 +41,15 @@ def output_size(width: int, height: int, resolution: str, field: str = "image") 
     area, step2 = area_w * area_h, SIDE_MULTIPLE * SIDE_MULTIPLE
     out_w = SIDE_MULTIPLE * math.isqrt(area * width // (step2 * height))
     out_h = SIDE_MULTIPLE * math.isqrt(area * height // (step2 * width))
+    if tokens_multiple > 1 and (out_w // SIDE_MULTIPLE) * (out_h // SIDE_MULTIPLE) % tokens_multiple:
+        fits = [
+            (out_w - SIDE_MULTIPLE * a, out_h - SIDE_MULTIPLE * b)
+            for a in range(tokens_multiple)
+            for b in range(tokens_multiple)
+            if out_w > SIDE_MULTIPLE * a and out_h > SIDE_MULTIPLE * b
+        ]
+        fits = [(w, h) for w, h in fits if (w // SIDE_MULTIPLE) * (h // SIDE_MULTIPLE) % tokens_multiple == 0]
+        out_w, out_h = min(fits, key=lambda s: (-s[0] * s[1], abs(math.log(s[0] * height / (s[1] * width)))))
     return out_w, out_h
 
 

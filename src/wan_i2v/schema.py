@@ -146,7 +146,9 @@ class JobInput(BaseModel):
     resolution: Resolution | None = Field(
         None,
         description="Output area: 480p is 832x480, 720p is 1280x720. The video keeps the image's "
-        "aspect ratio at that area, each side a multiple of 16; the image is resized and centre-cropped. "
+        "aspect ratio at that area, each side a multiple of 16 (on a worker with several GPUs per video, "
+        "sides whose 16-pixel patches split evenly over them: 832x480 and 1280x720 always do); the image is "
+        "resized and centre-cropped. "
         "Absent: the worker's default (`WAN_DEFAULT_RESOLUTION`, 480p unless the operator sets 720p).",
     )
     mode: Mode | None = Field(
@@ -353,6 +355,22 @@ class AppliedLora(BaseModel):
     low: AppliedLoraFile | None = None
 
 
+class ParallelReport(BaseModel):
+    """How a worker's GPUs shared the job: ranks = cfg x ulysses x ring (README, "Several GPUs per worker")."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    ranks: int = Field(description="Processes, one per GPU, that ran the job (1 on a single-GPU worker).")
+    ulysses: int = Field(description="Ranks splitting each frame's tokens with Ulysses (all-to-all) attention.")
+    ring: int = Field(description="Ranks splitting them further with ring attention.")
+    cfg: int = Field(
+        description="Guidance groups: 2 runs a guided step's conditional and unconditional passes on different ranks."
+    )
+    peak_memory_gb: list[float] | None = Field(
+        None, description="Each rank's peak GPU memory during the job, GiB, rank 0 first (absent on a CPU)."
+    )
+
+
 class EngineReport(BaseModel):
     """How the worker ran the job (what the operator's settings and the GPU chose)."""
 
@@ -365,6 +383,9 @@ class EngineReport(BaseModel):
     step_cache: str = Field(description="The step cache that ran (`none` when off or in turbo mode).")
     text_cache_hits: int = Field(
         description="How many of the job's texts (prompt, negative prompt) came from the cache."
+    )
+    parallel: ParallelReport | None = Field(
+        None, description="How the worker's GPUs shared the job: `{ranks, ulysses, ring, cfg, peak_memory_gb}`."
     )
 
 
@@ -433,7 +454,8 @@ class JobOutput(BaseModel):
     engine: EngineReport | None = Field(
         None,
         description="How the worker ran it: `quantization`, `memory_plan`, `attention`, `compiled`, `step_cache`, "
-        "`text_cache_hits`.",
+        "`text_cache_hits`, `parallel` (`{ranks, ulysses, ring, cfg}`: how its GPUs shared the job, with each "
+        "rank's `peak_memory_gb` on GPUs).",
     )
 
     def to_json(self) -> dict:

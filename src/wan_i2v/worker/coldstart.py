@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # The steps in the order they run; the report lists those that ran.
 STEPS = (
-    "load", "prepared_cache", "lora_load", "lora_fusion", "quantise", "place", "attention_check", "compile", "warmup",
+    "load", "prepared_cache", "lora_load", "lora_fusion", "quantise", "place", "attention_check", "parallel", "compile",
+    "warmup",
     "interpolation",
 )  # fmt: skip
 

@@ -42,7 +42,15 @@ def compile_experts(experts: list[torch.nn.Module], how: str) -> None:
     # One graph without LoRAs and one per rank bucket (lora.rank_bucket: 16 to 2048) must fit.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for expert in experts:
-        expert.compile_repeated_blocks(fullgraph=True, dynamic=how == "dynamic")
+        if getattr(expert, "_parallel_config", None) is None:
+            expert.compile_repeated_blocks(fullgraph=True, dynamic=how == "dynamic")
+            continue
+        # Under context parallelism (ranks.py) diffusers wraps the first block's forward in the hook that splits
+        # the tokens, which Dynamo cannot trace ("Unsupported hasattr call" in diffusers/hooks/hooks.py): that
+        # block runs eager, the other blocks compile whole, their all-to-all and ring collectives included.
+        for block in expert.blocks:
+            if not hasattr(block, "_diffusers_hook"):
+                block.compile(fullgraph=True, dynamic=how == "dynamic")
 
 
 def uncompile_experts(experts: list[torch.nn.Module]) -> None:

@@ -47,6 +47,7 @@ from .prepared_cache import FORMAT as CACHE_FORMAT
 from .prepared_cache import PreparedCache, package_versions, weights_identity
 from .prompt_cache import PromptCache
 from .quantize import count_quantisable, pick_quant, quantize_expert
+from .ranks import Ranks
 from .settings import EngineOptions, parse_step_cache
 from .timing import timed
 from .turbo import load_pair, turbo_scheduler
@@ -154,6 +155,7 @@ class Engine:
         cold_start: ColdStart,
         revision: Revision | None = None,
         model_path: Path | None = None,
+        ranks: Ranks | None = None,
     ):
         self.pipe, self.device, self.compute_dtype = pipe, device, compute_dtype
         self.model, self.options = model, options
@@ -173,14 +175,20 @@ class Engine:
         self.cold_start = cold_start
         self.revision = revision or Revision()  # where the weights came from (each job's `model_revision`)
         self.model_path = model_path  # the weights' folder (None for a pipeline built in memory)
+        self.ranks = ranks or Ranks()  # the other GPUs of this worker, if any (ranks.py)
 
     @property
     def plan(self) -> MemoryPlan:
         return self.placement.plan
 
     # ---- cold start ---------------------------------------------------------------------------------
+    @property
+    def tokens_multiple(self) -> int:
+        """What each frame's token count must divide by: the ranks that split it (framing.output_size)."""
+        return self.ranks.layout.context
+
     @classmethod
-    def load(cls, model: str, options: EngineOptions | None = None) -> Engine:
+    def load(cls, model: str, options: EngineOptions | None = None, ranks: Ranks | None = None) -> Engine:
         options = options or EngineOptions()
         cold = ColdStart()
         with cold.step("load"):
@@ -191,7 +199,9 @@ class Engine:
         log.info("weights: %s (%s): %s", found.path, found.source, found.revision.line())
         cold.facts["weights"] = f"{found.source}: {found.path}"
         cold.facts["model_revision"] = found.revision.as_dict()
-        return cls.prepare(pipe, options, model=model, model_path=found.path, cold=cold, revision=found.revision)
+        return cls.prepare(
+            pipe, options, model=model, model_path=found.path, cold=cold, revision=found.revision, ranks=ranks
+        )
 
     @classmethod
     def prepare(
@@ -202,11 +212,13 @@ class Engine:
         model_path: Path | None = None,
         cold: ColdStart | None = None,
         revision: Revision | None = None,
+        ranks: Ranks | None = None,
     ) -> Engine:
         """Make a pipeline ready to serve. Its experts and text encoder may be meta-device stand-ins
         (`components.skeleton_pipeline`, loaded here one at a time from `model_path`) or real modules (bench/
         builds them on the GPU)."""
         cold = cold or ColdStart()
+        ranks = ranks or Ranks()
         if pipe.transformer is None or pipe.transformer_2 is None or pipe.config.boundary_ratio is None:
             raise ModelNotFoundError(
                 f"WAN_MODEL={model!r} is not a two-expert Wan2.2 I2V pipeline (needs transformer, "
@@ -220,6 +232,7 @@ class Engine:
         device = pick_device(options.device)
         quant = pick_quant(options.quant, device)
         how = pick_compile(options.compile, device)
+        _refuse_on_ranks(ranks, options)
         if parse_step_cache(options.step_cache) is not None and how != "off":
             # FirstBlockCache decides per step in Python (a graph break), which whole-block compiling refuses.
             if options.compile != "auto":
@@ -319,9 +332,16 @@ class Engine:
             cold.facts["quantised_linears"] = quantised
             if hit:
                 cold.facts["self_check"] = {"quantise": {"not_checked": "restored from the prepared cache"}}
+        if ranks.world > 1 and placement.plan.name == "offload":
+            raise SettingsError(
+                f"memory plan offload on {ranks.world} ranks: each rank must hold the experts it runs (resident or "
+                "swap plan); use fewer GPUs per worker, fp8 (WAN_QUANT), or a GPU with more memory"
+            )
         with cold.step("load" if is_skeleton(pipe.text_encoder) else "place"):
-            # every job starts with the high-noise expert
-            placement.finish(pipe, HIGH_NOISE, lambda pipe, plan: _place_rest(pipe, plan, device, model_path))
+            # every job starts with the high-noise expert; only rank 0 encodes text (ranks.once)
+            placement.finish(
+                pipe, HIGH_NOISE, lambda pipe, plan: _place_rest(pipe, plan, device, model_path, text=ranks.leader)
+            )
         plan = placement.plan
         # The LoRA hooks, registered before compiling, empty between jobs; the turbo pair on the device,
         # ready for a job of the other mode.
@@ -334,6 +354,10 @@ class Engine:
                 device, dtype, config.num_attention_heads, config.attention_head_dim, options.attention, ladder=ladder
             )
             apply_attention(list(experts.values()), attention)
+        with cold.step("parallel"):
+            layout = ranks.apply(
+                list(experts.values()), config.num_attention_heads, attention.backend, options.default_mode
+            )
 
         compile_cache = CompileCache(options.compile_cache if how != "off" else None)
         cache_state = compile_cache.state()  # before compiling fills it
@@ -357,6 +381,7 @@ class Engine:
             compile_cache=cache_state if how != "off" else "unused (not compiling)",
             step_cache=options.step_cache,
             vae_dtype=str(pipe.vae.dtype).removeprefix("torch."),
+            parallel=layout.as_dict(),
             fallbacks=ladder.report(),
         )
 
@@ -380,7 +405,12 @@ class Engine:
             cold,
             revision,
             model_path,
+            ranks,
         )
+        with cold.step("parallel"):
+            ranks.agree({**engine.describe(), "turbo_fused": fused, "fallbacks": [f.what for f in ladder.fallbacks]})
+        if not ranks.leader:
+            return engine  # rank 0's warm-up runs on every rank
         if options.warmup == "on" or (options.warmup == "auto" and how != "off"):
             with cold.step("warmup"):
                 engine.warm_up()
@@ -492,13 +522,14 @@ class Engine:
                     params, image, last_image, on_progress or (lambda phase, **d: None), attached, timings
                 )
 
-            if not all(adapter.uniform for adapter in attached.values()):  # a full delta on a quantised block weight
-                return _eager(run)
-            try:
-                generated = run()
-            except torch._dynamo.exc.FailOnRecompileLimitHit:  # a backstop: settle() should make this unreachable
-                log.warning("the compiled blocks hit torch.compile's recompile limit; running this job eager")
-                generated = _eager(run)
+            with self.ranks.job((params, tuple(loras))):  # the other ranks take the job from here on
+                if not all(adapter.uniform for adapter in attached.values()):  # a full delta on a quantised weight
+                    return _eager(run)
+                try:
+                    generated = run()
+                except torch._dynamo.exc.FailOnRecompileLimitHit:  # a backstop: settle() should make this unreachable
+                    log.warning("the compiled blocks hit torch.compile's recompile limit; running this job eager")
+                    generated = _eager(run)
             self._out_of_memory = ((0, 0), 0)
             return generated
         except torch.OutOfMemoryError as exc:
@@ -512,6 +543,12 @@ class Engine:
                 adapter.detach(parked=parking is not None and not parking.on_device)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def follow(self, job: tuple[GenerationParams, tuple[JobLora, ...]]) -> None:
+        """A follower rank's part of a job rank 0 handed over (ranks.Ranks.follow): the same steps, without
+        the images (rank 0 shares the conditioning) and without a result (rank 0 decodes)."""
+        params, loras = job
+        self.generate(params, image=None, loras=loras)
 
     def _count_out_of_memory(self, params: GenerationParams) -> str:
         """A second out-of-memory in a row at the same size steps the memory plan down before the next job
@@ -582,8 +619,32 @@ class Engine:
             attached[name].patch_params()
         return self.experts[name]
 
-    def _embed(self, texts: list[str]) -> tuple[list[torch.Tensor], int]:
-        """Embeddings of `texts` (cached ones from the cache) and how many came from the cache."""
+    def _condition(self, p: GenerationParams, image, last_image, generator) -> dict[str, torch.Tensor]:
+        """The starting noise and the conditioning latents (first frame, optional last frame, mask)."""
+        pipe, device = self.pipe, self.pipe._execution_device
+        first = pipe.video_processor.preprocess(image, height=p.height, width=p.width)
+        last = None
+        if last_image is not None:
+            last = pipe.video_processor.preprocess(last_image, height=p.height, width=p.width)
+            last = last.to(device, dtype=torch.float32)
+        latents, condition = pipe.prepare_latents(
+            image=first.to(device, dtype=torch.float32),
+            batch_size=1,
+            num_channels_latents=pipe.vae.config.z_dim,
+            height=p.height,
+            width=p.width,
+            num_frames=p.num_frames,
+            dtype=torch.float32,
+            device=device,
+            generator=generator,
+            latents=None,
+            last_image=last,
+        )
+        return {"latents": latents, "condition": condition}
+
+    def _embed(self, texts: list[str]) -> dict:
+        """Embeddings of `texts` ("prompt", and "negative" when asked for; cached ones from the cache) and how
+        many came from the cache ("hits")."""
         found = [self.prompts.lookup(text) for text in texts]
         missing = [text for text, embedding in zip(texts, found, strict=True) if embedding is None]
         fresh: dict[str, torch.Tensor] = {}
@@ -602,7 +663,8 @@ class Engine:
                 if encoder is not None:
                     encoder.park()
         embeddings = [e if e is not None else fresh[t] for t, e in zip(texts, found, strict=True)]
-        return embeddings, len(texts) - len(missing)
+        negative = embeddings[1] if len(embeddings) > 1 else None
+        return {"prompt": embeddings[0], "negative": negative, "hits": len(texts) - len(missing)}
 
     def _cache_context(self, model, name: str, active: bool):
         return model.cache_context(name) if active else nullcontext()
@@ -615,6 +677,7 @@ class Engine:
         dtype = self.compute_dtype
         guidance = {HIGH_NOISE: p.guidance_scale, LOW_NOISE: p.guidance_scale_2}
         step_cache = self.step_cache is not None and p.mode == "quality"
+        self.ranks.reset_peak()
 
         # 1. Encode the prompt, and the negative prompt only if some expert uses guidance.
         scheduler = self._scheduler(p.mode, p.shift, p.steps, device)
@@ -623,32 +686,15 @@ class Engine:
         report(Phase.TEXT_ENCODE)
         with timed(timings, Phase.TEXT_ENCODE.value, self.sync):
             texts = [p.prompt, p.negative_prompt] if needs_negative else [p.prompt]
-            embeddings, hits = self._embed(texts)
-            prompt_embeds = embeddings[0]
-            negative_embeds = embeddings[1] if needs_negative else None
+            text = self.ranks.once(lambda: self._embed(texts))
+            prompt_embeds, negative_embeds, hits = text["prompt"], text["negative"], text["hits"]
 
         # 2. Noise and the conditioning latents (first frame, optional last frame, mask).
         generator = torch.Generator("cpu").manual_seed(p.seed)  # same noise on any device
         report(Phase.CONDITION_ENCODE)
         with timed(timings, Phase.CONDITION_ENCODE.value, self.sync):
-            first = pipe.video_processor.preprocess(image, height=p.height, width=p.width)
-            last = None
-            if last_image is not None:
-                last = pipe.video_processor.preprocess(last_image, height=p.height, width=p.width)
-                last = last.to(device, dtype=torch.float32)
-            latents, condition = pipe.prepare_latents(
-                image=first.to(device, dtype=torch.float32),
-                batch_size=1,
-                num_channels_latents=pipe.vae.config.z_dim,
-                height=p.height,
-                width=p.width,
-                num_frames=p.num_frames,
-                dtype=torch.float32,
-                device=device,
-                generator=generator,
-                latents=None,
-                last_image=last,
-            )
+            shared = self.ranks.once(lambda: self._condition(p, image, last_image, generator))
+            latents, condition = shared["latents"], shared["condition"]
 
         # 3. Denoise: each step runs the expert its timestep belongs to.
         if step_cache:
@@ -662,12 +708,15 @@ class Engine:
                     model, scale = self._use(expert, attached), guidance[expert]
                     model_input = torch.cat([latents, condition], dim=1).to(dtype)
                     timestep = t.expand(latents.shape[0])
-                    with self._cache_context(model, "cond", step_cache):
-                        noise = _predict(model, model_input, timestep, prompt_embeds)
-                    if scale > 1.0:  # classifier-free guidance, for this expert only
-                        with self._cache_context(model, "uncond", step_cache):
-                            uncond = _predict(model, model_input, timestep, negative_embeds)
-                        noise = uncond + scale * (noise - uncond)
+
+                    def predict(embeds, branch, model=model, model_input=model_input, timestep=timestep):
+                        with self._cache_context(model, branch, step_cache):
+                            return _predict(model, model_input, timestep, embeds)
+
+                    # classifier-free guidance for this expert only (at a scale above 1)
+                    noise = self.ranks.guided(
+                        lambda: predict(prompt_embeds, "cond"), lambda: predict(negative_embeds, "uncond"), scale
+                    )
                     latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                     report(Phase.DENOISE, step=index + 1, total_steps=len(plan), expert=expert)
         finally:
@@ -679,12 +728,13 @@ class Engine:
         self._prefetch_for_next_job(attached)
         report(Phase.VAE_DECODE)
         with timed(timings, Phase.VAE_DECODE.value, self.sync):
-            frames = self._decode(latents)
+            frames = self.ranks.on_leader(lambda: self._decode(latents))
         pipe.maybe_free_model_hooks()
         job_report = {
             **self.describe(),
             "step_cache": self.options.step_cache if step_cache else "none",
             "text_cache_hits": hits,
+            "parallel": self.ranks.report(self.ranks.peak_memory_gb()),
         }
         return Generated(video=frames, timings=timings, experts=plan, report=job_report)
 
@@ -761,10 +811,15 @@ def _cache_inputs(model_path: Path, revision: Revision | None, options, files, q
     }
 
 
-def _place_rest(pipe, plan: MemoryPlan, device: torch.device, model_path: Path | None) -> dict[str, Parking]:
+def _place_rest(
+    pipe, plan: MemoryPlan, device: torch.device, model_path: Path | None, text: bool = True
+) -> dict[str, Parking]:
     """Put the VAE and the text encoder where the plan says (the experts are placed already); a stand-in text
-    encoder is read from `model_path` straight to the device when the plan keeps it there."""
-    if is_skeleton(pipe.text_encoder):
+    encoder is read from `model_path` straight to the device when the plan keeps it there. Without `text` (a
+    rank that never encodes text) the text encoder is not loaded at all."""
+    if not text:
+        pipe.text_encoder = None
+    elif is_skeleton(pipe.text_encoder):
         resident = plan.name != "offload" and not plan.text_encoder_on_demand
         dtype = pipe.text_encoder.dtype
         pipe.text_encoder = load_text_encoder(model_path, dtype, device if resident else torch.device("cpu"))
@@ -778,7 +833,19 @@ def _place_rest(pipe, plan: MemoryPlan, device: torch.device, model_path: Path |
             pipe.enable_model_cpu_offload(device=device)
         return {}
     pipe.vae.to(device)
+    if pipe.text_encoder is None:
+        return {}
     if plan.text_encoder_on_demand:
         return {TEXT_ENCODER: Parking(pipe.text_encoder, device, park_now=True)}
     pipe.text_encoder.to(device)
     return {}
+
+
+def _refuse_on_ranks(ranks: Ranks, options: EngineOptions) -> None:
+    """The levers that do not run on several ranks, refused at cold start with the reason."""
+    if ranks.world > 1 and parse_step_cache(options.step_cache) is not None:
+        raise SettingsError(
+            f"WAN_STEP_CACHE={options.step_cache} cannot run on {ranks.world} ranks: each rank would decide to skip "
+            "a step from its own slice of the tokens, and ranks that decide differently stop each other; "
+            "set WAN_STEP_CACHE=none or WAN_GPUS=1"
+        )

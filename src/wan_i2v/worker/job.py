@@ -40,6 +40,7 @@ from .interpolation.stage import Interpolator
 from .lora import text_encoder_key_count
 from .lora_files import LoraFile, LoraStore
 from .netguard import BlockedAddressError
+from .ranks import Ranks
 from .settings import GB, Settings
 from .storage import StoredVideo, inline_data_uri, local_name, object_key, save_local, upload_s3
 from .timing import timed
@@ -155,7 +156,9 @@ class Worker:
         with timed(timings, Phase.FETCH_IMAGE.value):
             policy = self.settings.url_policy
             image = load_image("image", request.image, policy)
-            width, height = output_size(image.width, image.height, request.resolution)
+            width, height = output_size(
+                image.width, image.height, request.resolution, tokens_multiple=self.engine.tokens_multiple
+            )
             image = fit_image(image, (width, height))
             last = None
             if request.last_image is not None:
@@ -289,7 +292,12 @@ def build_worker(settings: Settings | None = None, progress: ProgressSink | None
     """Cold start: read settings, load the model once, log what was chosen."""
     started = time.perf_counter()
     settings = settings or Settings.from_env()
-    engine = Engine.load(settings.model, settings.engine)
+    ranks = Ranks.start(settings.engine.parallel)  # the other GPUs' processes, when there are several
+    try:
+        engine = Engine.load(settings.model, ranks.engine_options(settings.engine), ranks)
+    except BaseException:
+        ranks.shutdown()
+        raise
     interpolator = Interpolator.load(
         settings.interpolation, engine.device, engine.model_path, engine.ladder, engine.cold_start
     )
@@ -306,7 +314,7 @@ def build_worker(settings: Settings | None = None, progress: ProgressSink | None
         "videos go to %s",
         time.perf_counter() - started,
         settings.model,
-        engine.device,
+        engine.device if ranks.world == 1 else f"{ranks.world} ranks {ranks.layout.as_dict()}",
         engine.default_mode,
         settings.default_resolution,
         engine.plan.name,

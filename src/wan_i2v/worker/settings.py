@@ -36,6 +36,31 @@ FAULTS = (
 
 
 @dataclass(frozen=True)
+class ParallelOptions:
+    """One video on several GPUs (README, "Several GPUs per worker"); each field is a WAN_* variable."""
+
+    gpus: int | None = None  # WAN_GPUS: ranks per worker; unset: every visible GPU (1 on a machine without one)
+    cfg: str = "auto"  # WAN_CFG_PARALLEL: auto (on for an even count when the default mode is quality) | on | off
+    context: str = "auto"  # WAN_CONTEXT_PARALLEL: auto (Ulysses as far as the heads divide, ring for the rest)
+    timeout_s: float = 120.0  # WAN_RANK_TIMEOUT_S: the longest any rank waits for another inside a job
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ParallelOptions:
+        gpus = env_int(env, "WAN_GPUS", 0) if env.get("WAN_GPUS") else None
+        if gpus is not None and not 1 <= gpus <= 64:
+            raise SettingsError(f"WAN_GPUS={gpus}: allowed 1..64, or unset for every visible GPU")
+        timeout = env_float(env, "WAN_RANK_TIMEOUT_S", cls.timeout_s)
+        if not 5 <= timeout <= 3600:
+            raise SettingsError(f"WAN_RANK_TIMEOUT_S={timeout}: allowed 5..3600 seconds")
+        return cls(
+            gpus=gpus,
+            cfg=_choice(env, "WAN_CFG_PARALLEL", "auto", ON_OFF_AUTO),
+            context=_choice(env, "WAN_CONTEXT_PARALLEL", "auto", ("auto", "ulysses", "ring")),
+            timeout_s=timeout,
+        )
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """How the model is loaded and run; each field is a WAN_* variable (README, "Settings")."""
 
@@ -55,6 +80,9 @@ class EngineOptions:
     warmup: str = "auto"  # WAN_WARMUP: auto (on when compiling) | on | off
     faults: tuple[str, ...] = ()  # WAN_FAULTS: levers whose first attempt fails at cold start (levers.py)
     model_places: ModelPlaces = ModelPlaces()  # WAN_RUNPOD_CACHE, WAN_VOLUME_MODEL, WAN_BAKED_MODEL, WAN_MODEL_REVISION
+    parallel: ParallelOptions = (
+        ParallelOptions()
+    )  # WAN_GPUS, WAN_CFG_PARALLEL, WAN_CONTEXT_PARALLEL, WAN_RANK_TIMEOUT_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineOptions:
@@ -91,6 +119,7 @@ class EngineOptions:
                 baked=Path(env.get("WAN_BAKED_MODEL") or BAKED),
                 revision=model_revision(env.get("WAN_MODEL_REVISION") or None),
             ),
+            parallel=ParallelOptions.from_env(env),
         )
 
 
