@@ -95,33 +95,42 @@ def test_frame_sizes_split_evenly_over_the_ranks_that_share_each_frame():
 # ---- two gloo ranks against one ----------------------------------------------------------------------
 def rank_env(tiny_model, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "RUNPOD_", "WAN_"))}
-    env.update(WAN_MODEL=str(tiny_model), PYTHONUNBUFFERED="1", **extra)
+    env.update({"WAN_MODEL": str(tiny_model), "PYTHONUNBUFFERED": "1", "WAN_RANK_TIMEOUT_S": "60", **extra})
     return env
 
 
 LAYOUTS = {
-    "cfg": {"WAN_CFG_PARALLEL": "on"},
-    "ulysses": {"WAN_CFG_PARALLEL": "off"},
-    "ulysses-compiled": {"WAN_CFG_PARALLEL": "off", "WAN_COMPILE": "dynamic"},  # against the eager single rank
+    "cfg": {"WAN_GPUS": "2", "WAN_CFG_PARALLEL": "on"},
+    "ulysses": {"WAN_GPUS": "2", "WAN_CFG_PARALLEL": "off"},
+    # the load tier: compiling costs a minute here; four processes on two cores; the swap plan
+    "ulysses-compiled": {"WAN_GPUS": "2", "WAN_CFG_PARALLEL": "off", "WAN_COMPILE": "dynamic"},
+    "cfg-x-ulysses": {"WAN_GPUS": "4", "WAN_CFG_PARALLEL": "on"},  # 2 x 2, as 8 GPUs are 2 x 4
+    "ulysses-swap": {"WAN_GPUS": "2", "WAN_CFG_PARALLEL": "off", "WAN_MEMORY_PLAN": "swap"},
 }
+HEAVY = ("ulysses-compiled", "cfg-x-ulysses", "ulysses-swap")
 
 
-@pytest.fixture(scope="module", params=["cfg", "ulysses", pytest.param("ulysses-compiled", marks=pytest.mark.load)])
-def two_ranks(request, tiny_model):
-    """This test process as rank 0 and one follower process: guidance-parallel or context-parallel (Ulysses;
-    ring attention needs a backend with log-sum-exp, which the CPU's has not), eager or compiled (the load
-    tier: compiling costs a minute here)."""
+@pytest.fixture(
+    scope="module",
+    params=[name if name not in HEAVY else pytest.param(name, marks=pytest.mark.load) for name in LAYOUTS],
+)
+def ranked(request, tiny_model):
+    """This test process as rank 0 and follower processes: guidance-parallel, context-parallel (Ulysses; ring
+    attention needs a backend with log-sum-exp, which the CPU's has not), both, eager or compiled (against the
+    eager single rank)."""
     import torch.distributed as dist
 
-    env = rank_env(tiny_model, WAN_GPUS="2", **LAYOUTS[request.param])
+    env = rank_env(tiny_model, **LAYOUTS[request.param])
+    lost: list[int] = []
     settings = Settings.from_env(env)
     with mock.patch.dict(os.environ, env, clear=True):
-        ranks = Ranks.start(settings.engine.parallel)
+        ranks = Ranks.start(settings.engine.parallel, leave=lost.append)  # this test run is rank 0: it stays
     try:
         yield Engine.load(settings.model, ranks.engine_options(settings.engine), ranks)
     finally:
         ranks.shutdown()
         dist.destroy_process_group()
+    assert not lost, "a rank was lost during the tests"
 
 
 def wan_lora(tiny_model, side: str) -> JobLora:
@@ -138,31 +147,42 @@ JOBS = {
 
 
 @pytest.mark.parametrize("job", list(JOBS))
-def test_two_ranks_give_the_frames_of_one(two_ranks, engine, job):
+def test_several_ranks_give_the_frames_of_one(ranked, engine, job):
     params, extra = JOBS[job]
     one = engine.generate(params, FIRST, **extra)
-    two = two_ranks.generate(params, FIRST, **extra)
+    two = ranked.generate(params, FIRST, **extra)
     assert levels(one.frames, two.frames) <= 1
-    layout = two_ranks.ranks.layout
-    assert two.report["parallel"] == layout.as_dict() and layout.ranks == 2
-    assert two.report["compiled"] == (two_ranks.options.compile == "dynamic")
+    layout = ranked.ranks.layout
+    assert two.report["parallel"] == layout.as_dict() and layout.ranks == ranked.ranks.world > 1
+    assert layout.cfg * layout.context == layout.ranks and two.report["memory_plan"] == ranked.plan.name
+    assert two.report["compiled"] == (ranked.options.compile == "dynamic")
     assert one.report["parallel"] == Layout().as_dict()
 
 
-def test_two_ranks_with_a_job_lora_give_the_frames_of_one_and_forget_it(two_ranks, engine, tiny_model):
+def test_several_ranks_with_a_job_lora_give_the_frames_of_one_and_forget_it(ranked, engine, tiny_model):
     loras = [wan_lora(tiny_model, "high"), wan_lora(tiny_model, "low")]
     plain = engine.generate(quality(), FIRST).frames
     one = engine.generate(quality(), FIRST, loras=loras).frames
-    two = two_ranks.generate(quality(), FIRST, loras=loras).frames
+    two = ranked.generate(quality(), FIRST, loras=loras).frames
     assert levels(one, two) <= 1 and levels(one, plain) > 1  # the LoRA ran on every rank
-    assert levels(two_ranks.generate(quality(), FIRST).frames, plain) <= 1  # and left every rank after the job
+    assert levels(ranked.generate(quality(), FIRST).frames, plain) <= 1  # and left every rank after the job
 
 
-def test_the_cold_start_report_says_how_the_ranks_share_the_work(two_ranks):
-    facts = two_ranks.cold_start.facts
-    assert facts["parallel"] == two_ranks.ranks.layout.as_dict()
-    assert facts["compile"] == two_ranks.options.compile.replace("auto", "off")  # the CPU's auto is off
-    assert "parallel" in two_ranks.cold_start.seconds
+EXPECTED = {
+    "cfg": Layout(2, ulysses=1, ring=1, cfg=2),
+    "ulysses": Layout(2, ulysses=2, ring=1, cfg=1),
+    "ulysses-compiled": Layout(2, ulysses=2, ring=1, cfg=1),
+    "cfg-x-ulysses": Layout(4, ulysses=2, ring=1, cfg=2),
+    "ulysses-swap": Layout(2, ulysses=2, ring=1, cfg=1),
+}
+
+
+def test_the_cold_start_report_says_how_the_ranks_share_the_work(ranked, request):
+    facts = ranked.cold_start.facts
+    assert ranked.ranks.layout == EXPECTED[request.node.callspec.params["ranked"]]
+    assert facts["parallel"] == ranked.ranks.layout.as_dict()
+    assert facts["compile"] == ranked.options.compile.replace("auto", "off")  # the CPU's auto is off
+    assert "parallel" in ranked.cold_start.seconds
 
 
 # ---- a whole worker: RunPod's local API, a lost rank --------------------------------------------------

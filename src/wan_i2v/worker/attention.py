@@ -84,7 +84,7 @@ def pick_attention(
 
 
 def apply_attention(experts: list[torch.nn.Module], choice: AttentionChoice) -> None:
-    if choice.backend == "native":
-        return  # diffusers' default: plain SDPA, PyTorch picks the kernel
+    """Set the backend on every attention processor of the experts, `native` included: a processor left unset
+    follows diffusers' process-wide active backend, which any model's `set_attention_backend` changes."""
     for expert in experts:
         expert.set_attention_backend(choice.backend)

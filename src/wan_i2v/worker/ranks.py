@@ -123,6 +123,7 @@ class Ranks:
         options: ParallelOptions | None = None,
         followers: list[subprocess.Popen] | None = None,
         inbox=None,
+        leave: Callable[[int], Any] | None = None,
     ):
         self.rank, self.world = rank, world
         self.options = options or ParallelOptions()
@@ -136,6 +137,7 @@ class Ranks:
         self._in_job = False
         self._exiting = False  # the worker is ending (a lost rank) or being shut down
         self._lock = threading.Lock()
+        self._leave = leave or _exit_process  # how rank 0 ends the worker after a lost rank (a test's stays)
 
     @property
     def leader(self) -> bool:
@@ -153,11 +155,14 @@ class Ranks:
 
     # ---- starting -------------------------------------------------------------------------------------
     @classmethod
-    def start(cls, options: ParallelOptions, command: list[str] | None = None) -> Ranks:
+    def start(
+        cls, options: ParallelOptions, command: list[str] | None = None, leave: Callable[[int], Any] | None = None
+    ) -> Ranks:
         """Rank 0: start the followers and join them in one process group (a single rank starts nothing).
 
         `command` runs each follower (default: this module's `main`, the worker's); it must end in
-        `serve_as_follower`, as bench/ does with its in-memory pipeline."""
+        `serve_as_follower`, as bench/ does with its in-memory pipeline. `leave(1)` ends the worker after a
+        lost rank (a test that is rank 0 itself passes one that does not end the test run)."""
         world = count_ranks(options)
         if world == 1:
             return cls()
@@ -176,7 +181,7 @@ class Ranks:
             )
             for rank in range(1, world)
         ]
-        ranks = cls(0, world, options, followers=followers)
+        ranks = cls(0, world, options, followers=followers, leave=leave)
         try:
             ranks._join_group(address)
         except Exception:
@@ -348,22 +353,24 @@ class Ranks:
 
     # ---- what a lost rank does -------------------------------------------------------------------------
     def _fail(self, exc: Exception) -> None:
-        """Rank 0, a job failed: name a lost rank if there is one (waiting briefly for its exit to show)."""
+        """Rank 0, a job failed: name a lost rank if there is one (waiting briefly for its exit to show), else
+        say that a rank did not answer in time, or keep rank 0's own error; the worker ends either way."""
+        own = isinstance(exc, (JobError, torch.OutOfMemoryError))  # rank 0's own failure, not an exchange's
         deadline = time.monotonic() + 3.0
-        while self._lost is None and time.monotonic() < deadline and _is_collective_error(exc):
+        while self._lost is None and not own and time.monotonic() < deadline:
             self._check_followers()
             time.sleep(0.1)
-        collective = _is_collective_error(exc)
-        if self._lost is None:
-            why = (
+        lost = self._lost is not None
+        timed_out = not lost and not own and _is_collective_error(exc)
+        if timed_out:
+            self._lost = (
                 f"a rank did not answer within WAN_RANK_TIMEOUT_S={self.options.timeout_s:g} s "
-                f"({self._states()}; {exc})"
-                if collective
-                else f"rank 0 failed during a job on {self.world} ranks ({type(exc).__name__}), leaving the others"
+                f"({self._states()}; {exc}); this worker will be replaced"
             )
-            self._lost = f"{why}; this worker will be replaced"
+        elif not lost:
+            self._lost = f"rank 0 failed during a job on {self.world} ranks ({type(exc).__name__}), leaving the others"
         self._exit_soon()
-        if collective:
+        if lost or timed_out:
             raise LostRankError(self._lost) from exc
         if isinstance(exc, JobError):  # the job's own error stands; the worker goes all the same
             exc.refresh_worker = True
@@ -415,8 +422,7 @@ class Ranks:
             time.sleep(grace)
             log.error("exiting: %s", self._lost)
             self._stop_followers()
-            logging.shutdown()
-            os._exit(1)
+            self._leave(1)
 
         threading.Thread(target=leave, name="wan-ranks-exit", daemon=True).start()
 
@@ -447,14 +453,34 @@ def _context_parallel(expert: torch.nn.Module, mesh, layout: Layout, device: tor
     from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
     from diffusers.models.attention import AttentionModuleMixin
 
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    processors = [
+        module.processor
+        for module in expert.modules()
+        if isinstance(module, AttentionModuleMixin) and hasattr(module.processor, "_parallel_config")
+    ]
+    for processor in processors:  # as enable_parallelism checks: a backend without it would skip the exchange
+        backend = processor._attention_backend or _AttentionBackendRegistry.get_active_backend()[0]
+        if not _AttentionBackendRegistry._is_context_parallel_available(AttentionBackendName(backend)):
+            raise SettingsError(
+                f"attention backend {AttentionBackendName(backend).value} cannot split tokens over ranks; allowed: "
+                f"{', '.join(sorted(b.value for b in _AttentionBackendRegistry._supports_context_parallel))} "
+                "(WAN_ATTENTION)"
+            )
     context = ContextParallelConfig(ring_degree=layout.ring, ulysses_degree=layout.ulysses, mesh=mesh)
     config = ParallelConfig(context_parallel_config=context)
     config.setup(dist.get_rank(), dist.get_world_size(), device, mesh=mesh)
     expert._parallel_config = config
-    for module in expert.modules():
-        if isinstance(module, AttentionModuleMixin) and hasattr(module.processor, "_parallel_config"):
-            module.processor._parallel_config = config
+    for processor in processors:
+        processor._parallel_config = config
     apply_context_parallel(expert, context, expert._cp_plan)
+
+
+def _exit_process(code: int) -> None:
+    """The worker's end: at once, whatever other threads (the SDK's) are doing."""
+    logging.shutdown()
+    os._exit(code)
 
 
 def _describe(value: Any) -> tuple:
@@ -464,7 +490,11 @@ def _describe(value: Any) -> tuple:
 
 
 def _is_collective_error(exc: BaseException) -> bool:
-    return isinstance(exc, (dist.DistError, RuntimeError)) and not isinstance(exc, torch.OutOfMemoryError)
+    """An exchange between ranks that failed (gloo and NCCL raise RuntimeErrors naming themselves)."""
+    words = ("gloo", "nccl", "c10d", "timed out", "connection")
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and any(word in str(exc).lower() for word in words)
+    )
 
 
 def _free_port() -> int:
