@@ -408,7 +408,8 @@ class Engine:
             ranks,
         )
         with cold.step("parallel"):
-            ranks.agree({**engine.describe(), "turbo_fused": fused, "fallbacks": [f.what for f in ladder.fallbacks]})
+            facts = {**engine.describe(), "parallel": layout.as_dict(), "turbo_fused": fused}
+            ranks.agree({**facts, "fallbacks": [f.what for f in ladder.fallbacks]})
         if not ranks.leader:
             return engine  # rank 0's warm-up runs on every rank
         if options.warmup == "on" or (options.warmup == "auto" and how != "off"):

@@ -171,6 +171,10 @@ class Ranks:
             **os.environ,
             "WAN_RANK_ADDRESS": address,
             "WAN_RANK_WORLD": str(world),
+            # the followers' settings are rank 0's, however rank 0 got them (bench/ builds them in code)
+            "WAN_CFG_PARALLEL": options.cfg,
+            "WAN_CONTEXT_PARALLEL": options.context,
+            "WAN_RANK_TIMEOUT_S": str(options.timeout_s),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")])),
         }
         followers = [
