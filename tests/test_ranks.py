@@ -306,3 +306,16 @@ def test_a_hung_rank_fails_the_job_within_the_timeout_and_the_worker_ends(tiny_m
     assert "rank 1: T (stopped)" in failed[0] and float(failed[0].split()[2]) < 5 + 3 + 5
     assert run.returncode == 1  # after the answer's grace, the worker exits non-zero
     assert not alive([psutil.Process(pid) for pid in followers if psutil.pid_exists(pid)])
+
+
+def test_a_small_dev_shm_is_warned_about_before_nccl_fails_on_it(monkeypatch, caplog):
+    from wan_i2v.worker import ranks
+
+    small = os.statvfs_result((4096, 4096, 16384, 16384, 16384, 0, 0, 0, 0, 255))  # 64 MiB, a container's default
+    monkeypatch.setattr(ranks.os, "statvfs", lambda path: small)
+    ranks._check_shared_memory()
+    assert "/dev/shm is 64 MiB: NCCL may fail" in caplog.text and "NCCL_SHM_DISABLE=1" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(ranks.os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 1 << 20, *[0] * 7)))
+    ranks._check_shared_memory()
+    assert caplog.text == ""

@@ -166,6 +166,8 @@ class Ranks:
         world = count_ranks(options)
         if world == 1:
             return cls()
+        if torch.cuda.is_available():
+            _check_shared_memory()
         address = f"tcp://127.0.0.1:{_free_port()}"
         env = {
             **os.environ,
@@ -499,6 +501,26 @@ def _is_collective_error(exc: BaseException) -> bool:
     return isinstance(exc, dist.DistError) or (
         isinstance(exc, RuntimeError) and any(word in str(exc).lower() for word in words)
     )
+
+
+SHM_MIN_BYTES = 1 << 30
+
+
+def _check_shared_memory(path: str = "/dev/shm") -> None:
+    """NCCL stages transfers between GPUs of one machine in /dev/shm where they have no direct path; a
+    container's default of 64 MB fails it ("failed to extend /dev/shm/nccl-... No space left on device")."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return
+    size = stats.f_frsize * stats.f_blocks
+    if size < SHM_MIN_BYTES:
+        log.warning(
+            "%s is %d MiB: NCCL may fail between GPUs without NVLink; give the container more shared memory "
+            "(1 GiB or more), or set NCCL_SHM_DISABLE=1 where the GPUs are linked by NVLink",
+            path,
+            size >> 20,
+        )
 
 
 def _free_port() -> int:
