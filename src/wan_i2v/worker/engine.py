@@ -273,7 +273,8 @@ class Engine:
             )
         with cold.step("prepared_cache"):
             hit = cache.lookup(tuple(experts))
-            writer = None if hit else cache.writer(2 * expert_bytes)
+            # every rank reads the same entry; rank 0 alone writes it (N copies would fill a volume N times)
+            writer = None if hit or not ranks.leader else cache.writer(2 * expert_bytes)
         # One expert at a time: loaded straight to the device (or restored from the prepared cache), the default
         # mode's LoRA fused in there (fast, in fp32), quantised, and under the swap plan parked before the next.
         # The first expert loaded from the weights checks quantisation (levers.choose_quant) for both.

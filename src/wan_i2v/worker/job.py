@@ -80,7 +80,8 @@ class Worker:
     def handle(self, job: dict) -> dict:
         job_id = str(job.get("id") or "local") if isinstance(job, dict) else "local"
         try:
-            return self._answer(job, job_id)
+            with self.engine.ranks.serving():  # a rank lost meanwhile ends the worker after this answer
+                return self._answer(job, job_id)
         finally:
             self._release_host_memory(job_id)
 

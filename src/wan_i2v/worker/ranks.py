@@ -43,14 +43,18 @@ import torch
 import torch.distributed as dist
 
 from ..errors import JobError, SettingsError
+from .levers import PROBE_SIZE
 from .settings import EngineOptions, ParallelOptions
 
 log = logging.getLogger(__name__)
 
 # Backends whose attention returns its log-sum-exp, which ring attention needs to merge its partial results.
 RING_BACKENDS = ("_native_cudnn", "flash", "sage")
+COLD_START_S = 1800.0  # how long the ranks wait for each other's cold start (loads, caches) to reach the first exchange
 EXIT_GRACE_S = 5.0  # after a lost rank: time for the SDK to post the failed job's answer before the worker exits
 _HEADER = struct.Struct("!I")
+# The cold-start self-checks run one forward at this size: its tokens (16x16 patches x latent frames) split evenly.
+PROBE_TOKENS = (PROBE_SIZE[0] // 16) * (PROBE_SIZE[1] // 16) * ((PROBE_SIZE[2] - 1) // 4 + 1)
 
 
 class LostRankError(JobError):
@@ -97,6 +101,12 @@ def choose_layout(ranks: int, heads: int, options: ParallelOptions, default_mode
     guided = options.cfg == "on" or (options.cfg == "auto" and default_mode == "quality")
     cfg = 2 if guided and ranks % 2 == 0 else 1
     degree = ranks // cfg
+    if PROBE_TOKENS % degree:
+        allowed = [n for n in range(2, 17) if PROBE_TOKENS % (n // (2 if n % 2 == 0 and guided else 1)) == 0]
+        raise SettingsError(
+            f"WAN_GPUS={ranks}: {degree} ranks cannot split the tokens of the cold start's 480p check evenly; "
+            f"allowed WAN_GPUS: {', '.join(map(str, allowed))}"
+        )
     if options.context == "ring":
         ulysses = 1
     elif options.context == "ulysses":
@@ -134,7 +144,8 @@ class Ranks:
         self._cfg_rank = 0
         self._control = None  # a gloo group for small objects, whatever the tensors' backend
         self._lost: str | None = None  # why the worker can no longer serve
-        self._in_job = False
+        self._in_job = False  # inside a job's exchanges (Engine.generate)
+        self._busy = False  # answering a job (Worker.handle): a rank lost now ends the worker after the answer
         self._exiting = False  # the worker is ending (a lost rank) or being shut down
         self._lock = threading.Lock()
         self._leave = leave or _exit_process  # how rank 0 ends the worker after a lost rank (a test's stays)
@@ -173,6 +184,9 @@ class Ranks:
             **os.environ,
             "WAN_RANK_ADDRESS": address,
             "WAN_RANK_WORLD": str(world),
+            "WAN_RANK_PARENT": str(os.getpid()),  # in a container rank 0 is often PID 1: compared, not assumed
+            # NCCL: a timed-out or aborted exchange raises in the job (and is answered) instead of ending the process
+            "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2"),
             # the followers' settings are rank 0's, however rank 0 got them (bench/ builds them in code)
             "WAN_CFG_PARALLEL": options.cfg,
             "WAN_CONTEXT_PARALLEL": options.context,
@@ -208,6 +222,7 @@ class Ranks:
     def _join_group(self, address: str) -> None:
         timeout = timedelta(seconds=self.options.timeout_s)
         if self.device_type == "cuda":
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
             torch.cuda.set_device(self.rank)
         backend = "nccl" if self.device_type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=address, rank=self.rank, world_size=self.world, timeout=timeout)
@@ -220,6 +235,9 @@ class Ranks:
         self.layout = layout
         if self.world == 1:
             return layout
+        # The ranks' cold starts differ until here (rank 0 alone reads the text encoder and writes the prepared
+        # cache): they meet once, with the cold start's own bound, naming any rank that does not arrive.
+        dist.monitored_barrier(self._control, timeout=timedelta(seconds=COLD_START_S), wait_all_ranks=True)
         if layout.ring > 1 and attention not in RING_BACKENDS:
             raise SettingsError(
                 f"ring attention over {layout.ring} ranks needs an attention backend that returns its log-sum-exp "
@@ -348,6 +366,18 @@ class Ranks:
         finally:
             self._in_job = False
 
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Rank 0 answers a job (Worker.handle): a rank lost meanwhile ends the worker after the answer, not
+        during it (a finished video is still stored and returned)."""
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+            if self._lost:
+                self._exit_soon()
+
     def follow(self, run: Callable[[Any], None]) -> None:
         """A follower's life after its cold start: each job rank 0 sends, until rank 0 closes the stream."""
         while True:
@@ -369,10 +399,12 @@ class Ranks:
         lost = self._lost is not None
         timed_out = not lost and not own and _is_collective_error(exc)
         if timed_out:
-            self._lost = (
-                f"a rank did not answer within WAN_RANK_TIMEOUT_S={self.options.timeout_s:g} s "
-                f"({self._states()}; {exc}); this worker will be replaced"
+            how = (
+                f"did not answer within WAN_RANK_TIMEOUT_S={self.options.timeout_s:g} s"
+                if "timed out" in str(exc).lower()
+                else "stopped answering"
             )
+            self._lost = f"a rank {how} ({self._states()}; {exc}); this worker will be replaced"
         elif not lost:
             self._lost = f"rank 0 failed during a job on {self.world} ranks ({type(exc).__name__}), leaving the others"
         self._exit_soon()
@@ -413,7 +445,9 @@ class Ranks:
         job's own collectives fail (at once on a closed connection, at the timeout on a hang)."""
         while not self._exiting:
             self._check_followers()
-            if self._lost and not self._in_job:
+            if self._lost and self._in_job and self.device_type == "cuda":
+                _abort_exchanges()  # NCCL does not notice a dead peer by itself: the job's exchanges fail now
+            if self._lost and not self._busy and not self._in_job:
                 self._exit_soon(0.0)
                 return
             time.sleep(0.5)
@@ -458,7 +492,6 @@ def _context_parallel(expert: torch.nn.Module, mesh, layout: Layout, device: tor
     from diffusers.hooks.context_parallel import apply_context_parallel
     from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
     from diffusers.models.attention import AttentionModuleMixin
-
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
     processors = [
@@ -481,6 +514,16 @@ def _context_parallel(expert: torch.nn.Module, mesh, layout: Layout, device: tor
     for processor in processors:
         processor._parallel_config = config
     apply_context_parallel(expert, context, expert._cp_plan)
+
+
+def _abort_exchanges() -> None:
+    """Abort every process group's pending NCCL work, so that rank 0's blocked exchange raises."""
+    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+    if abort is not None:
+        try:
+            abort()
+        except Exception as exc:  # best effort: the collective timeout still bounds the job
+            log.warning("aborting the exchanges failed: %s", exc)
 
 
 def _exit_process(code: int) -> None:
@@ -535,7 +578,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:  # rank 0 ended before the line above took effect
+    if os.getppid() != int(os.environ["WAN_RANK_PARENT"]):  # rank 0 ended before the line above took effect
         os._exit(1)
 
 
