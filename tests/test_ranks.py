@@ -335,3 +335,19 @@ def test_a_small_dev_shm_is_warned_about_before_nccl_fails_on_it(monkeypatch, ca
     monkeypatch.setattr(ranks.os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 1 << 20, *[0] * 7)))
     ranks._check_shared_memory()
     assert caplog.text == ""
+
+
+def test_a_follower_that_dies_before_joining_ends_the_cold_start_naming_it(caplog):
+    """Watched from the start: rank 0 does not wait out the rendezvous for a follower that is gone."""
+    left: list[int] = []
+    started = time.monotonic()
+    import torch.distributed as dist
+
+    with pytest.raises(dist.DistError):  # the rendezvous times out (this test's rank 0 does not leave the test run)
+        Ranks.start(
+            ParallelOptions(gpus=2, timeout_s=5),
+            command=[sys.executable, "-c", "raise SystemExit(3)"],
+            leave=left.append,
+        )
+    assert left == [1] and time.monotonic() - started < 30
+    assert "rank 1 of 2 was lost (it exited with code 3)" in caplog.text

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 RING_BACKENDS = ("_native_cudnn", "flash", "sage")
 COLD_START_S = 1800.0  # how long the ranks wait for each other's cold start (loads, caches) to reach the first exchange
 EXIT_GRACE_S = 5.0  # after a lost rank: time for the SDK to post the failed job's answer before the worker exits
+IDLE_GRACE_S = 1.0  # a rank lost between jobs: time for rank 0's own cold-start error, if any, to end it instead
 _HEADER = struct.Struct("!I")
 # The cold-start self-checks run one forward at this size: its tokens (16x16 patches x latent frames) split evenly.
 PROBE_TOKENS = (PROBE_SIZE[0] // 16) * (PROBE_SIZE[1] // 16) * ((PROBE_SIZE[2] - 1) // 4 + 1)
@@ -148,6 +149,7 @@ class Ranks:
         self._busy = False  # answering a job (Worker.handle): a rank lost now ends the worker after the answer
         self._exiting = False  # the worker is ending (a lost rank) or being shut down
         self._lock = threading.Lock()
+        self._shut_down = False
         self._leave = leave or _exit_process  # how rank 0 ends the worker after a lost rank (a test's stays)
 
     @property
@@ -202,12 +204,13 @@ class Ranks:
             for rank in range(1, world)
         ]
         ranks = cls(0, world, options, followers=followers, leave=leave)
+        # watched from the start: a follower that fails to start ends the cold start, naming it, at once
+        threading.Thread(target=ranks._watch, name="wan-ranks-watch", daemon=True).start()
         try:
             ranks._join_group(address)
         except Exception:
             ranks.shutdown()
             raise
-        threading.Thread(target=ranks._watch, name="wan-ranks-watch", daemon=True).start()
         log.info("ranks: %d (followers %s)", world, ", ".join(str(p.pid) for p in followers))
         return ranks
 
@@ -448,7 +451,7 @@ class Ranks:
             if self._lost and self._in_job and self.device_type == "cuda":
                 _abort_exchanges()  # NCCL does not notice a dead peer by itself: the job's exchanges fail now
             if self._lost and not self._busy and not self._in_job:
-                self._exit_soon(0.0)
+                self._exit_soon(IDLE_GRACE_S)
                 return
             time.sleep(0.5)
 
@@ -460,6 +463,8 @@ class Ranks:
 
         def leave() -> None:
             time.sleep(grace)
+            if self._shut_down:  # rank 0 failed its own cold start meanwhile: its error, not this exit, is the end
+                return
             log.error("exiting: %s", self._lost)
             self._stop_followers()
             self._leave(1)
@@ -470,6 +475,7 @@ class Ranks:
         """Rank 0: stop every follower, on purpose (they also exit on their own when rank 0's streams close)."""
         with self._lock:
             self._exiting = True  # the watch stands down: these exits are not losses
+            self._shut_down = True
         self._stop_followers()
 
     def _stop_followers(self) -> None:
