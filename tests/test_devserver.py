@@ -528,7 +528,7 @@ def test_a_two_rank_worker_serves_through_the_dev_endpoint_and_leaves_with_it(de
     monkeypatch.setenv("WAN_GPUS", "2")
     process, url, workers = dev_endpoint_process(1, 1)
     ranks = [workers[0], *workers[0].children(recursive=True)]
-    assert ["wan_i2v.worker.ranks" in " ".join(p.cmdline()) for p in ranks] == [False, True]
+    assert ["wan_i2v.worker.follower" in " ".join(p.cmdline()) for p in ranks] == [False, True]
     answer = requests.post(f"{url}/v2/dev/runsync", json={"input": QUICKEST}, headers=AUTH, timeout=120).json()
     assert answer["status"] == "COMPLETED", answer
     assert answer["output"]["engine"]["parallel"] == {"ranks": 2, "ulysses": 1, "ring": 1, "cfg": 2}

@@ -233,7 +233,7 @@ def test_a_two_rank_worker_serves_a_job_and_a_killed_rank_fails_the_next_and_end
     try:
         wait_for_port(port, 120, worker)
         processes = family(worker.pid)
-        followers = [p for p in processes if "wan_i2v.worker.ranks" in " ".join(p.cmdline())]
+        followers = [p for p in processes if "wan_i2v.worker.follower" in " ".join(p.cmdline())]
         assert len(followers) == 1, processes
 
         image = {"image": data_uri(encode(picture(160, 96)))}
@@ -279,7 +279,7 @@ def test_a_follower_that_cannot_start_fails_the_cold_start_and_leaves_no_process
 def _ring_follower(process: psutil.Process) -> bool:
     try:
         return (
-            "wan_i2v.worker.ranks" in " ".join(process.cmdline())
+            "wan_i2v.worker.follower" in " ".join(process.cmdline())
             and process.environ().get("WAN_CONTEXT_PARALLEL") == "ring"
         )
     except psutil.Error:

@@ -1,7 +1,7 @@
 """One video on several GPUs: the worker's ranks, and everything that crosses between them.
 
 Rank 0 is the RunPod worker: it validates jobs, reports progress and stores videos. Ranks 1..N-1 are its
-followers: child processes (`python -m wan_i2v.worker.ranks`) that load the same engine and run each job
+followers: child processes (`python -m wan_i2v.worker.follower`) that load the same engine and run each job
 rank 0 hands them. This module alone knows that there are ranks; the engine asks it:
 
 - who computes what: `once` runs a step on rank 0 and gives its tensors to every rank (the text and the
@@ -15,17 +15,15 @@ rank 0 hands them. This module alone knows that there are ranks; the engine asks
 - what a lost rank does: every collective has a timeout (WAN_RANK_TIMEOUT_S) and rank 0 watches its
   followers' processes. A follower that dies or hangs fails the job in flight with an error naming it;
   the worker then kills its followers and exits non-zero (after its answer has been posted) so RunPod
-  replaces it. Followers die with rank 0 (PR_SET_PDEATHSIG) and exit on their own first error.
+  replaces it. Followers die with rank 0 (`wan_i2v.parent_death`) and exit on their own first error.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
 import pickle
-import signal
 import socket
 import struct
 import subprocess
@@ -43,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import JobError, SettingsError
+from ..parent_death import dying_with_parent
 from .levers import PROBE_SIZE
 from .settings import EngineOptions, ParallelOptions
 
@@ -164,7 +163,7 @@ class Ranks:
         """Each rank computes on its own GPU."""
         if self.world == 1:
             return options
-        return replace(options, device=f"cuda:{self.rank}" if self.device_type == "cuda" else "cpu")
+        return replace(options, device=self.engine_device())
 
     # ---- starting -------------------------------------------------------------------------------------
     @classmethod
@@ -186,7 +185,6 @@ class Ranks:
             **os.environ,
             "WAN_RANK_ADDRESS": address,
             "WAN_RANK_WORLD": str(world),
-            "WAN_RANK_PARENT": str(os.getpid()),  # in a container rank 0 is often PID 1: compared, not assumed
             # NCCL: a timed-out or aborted exchange raises in the job (and is answered) instead of ending the process
             "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2"),
             # the followers' settings are rank 0's, however rank 0 got them (bench/ builds them in code)
@@ -197,7 +195,7 @@ class Ranks:
         }
         followers = [
             subprocess.Popen(
-                command or [sys.executable, "-m", "wan_i2v.worker.ranks"],
+                dying_with_parent(command or [sys.executable, "-m", "wan_i2v.worker.follower"]),
                 stdin=subprocess.PIPE,
                 env={**env, "WAN_RANK": str(rank)},
             )
@@ -432,9 +430,12 @@ class Ranks:
     def _note_lost(self, rank: int, follower: subprocess.Popen) -> None:
         if self._lost is None:
             code = follower.poll()
-            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
             if code is None:
                 how = "stopped reading its jobs"
+            elif code < 0:
+                how = f"was killed by signal {-code}"
+            else:
+                how = f"exited with code {code}"
             self._lost = f"rank {rank} of {self.world} was lost (it {how}); this worker will be replaced"
             log.error("%s", self._lost)
 
@@ -578,20 +579,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when rank 0 (its parent) ends, however it ends."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != int(os.environ["WAN_RANK_PARENT"]):  # rank 0 ended before the line above took effect
-        os._exit(1)
-
-
 def serve_as_follower(load: Callable[[Ranks], Any]) -> None:
     """A follower process's whole life: join rank 0, `load(ranks)` an engine (the same cold start as rank 0's),
     then each job rank 0 hands over, until rank 0 ends. Exits 1 on its first error (rank 0 sees a lost rank)."""
-    _die_with_parent()
     rank = os.environ["WAN_RANK"]
     logging.basicConfig(
         level=os.environ.get("WAN_LOG_LEVEL", "INFO"),
@@ -607,19 +597,3 @@ def serve_as_follower(load: Callable[[Ranks], Any]) -> None:
         os._exit(1)
     logging.shutdown()
     os._exit(0)
-
-
-def main() -> None:
-    """A worker's follower rank: the engine from the same settings (the environment) as rank 0's."""
-    from .engine import Engine
-    from .settings import Settings
-
-    def load(ranks: Ranks):
-        settings = Settings.from_env()
-        return Engine.load(settings.model, ranks.engine_options(settings.engine), ranks)
-
-    serve_as_follower(load)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,16 +1,11 @@
 """The dev endpoint's worker processes: each is `python handler.py` in RunPod's worker mode.
 
 A worker whose endpoint has gone keeps polling it, and the RunPod SDK retries a refused connection
-without pausing: one core per orphan. So the endpoint stops its workers whenever it closes, and on
-Linux each worker also carries the parent-death signal (prctl PR_SET_PDEATHSIG, SIGKILL) for the
-case where the endpoint could not close: it was SIGKILLed or crashed.
-
-The signal is set by a few lines of Python that then exec the worker (the setting survives exec),
-not in a preexec_fn: that runs between fork and exec in a copy of this multi-threaded server, where
-a lock held by another thread (malloc's, the import lock) can deadlock it. The kernel sends the
-signal when the *thread* that forked the worker ends, so `start` must only be called from one thread
-that outlives every worker: the endpoint's scale loop, which stops the workers before it returns.
-macOS and Windows have no such signal: there a SIGKILLed dev endpoint still leaves its workers running.
+without pausing: one core per orphan. So the endpoint stops its workers whenever it closes, and each
+worker dies with the endpoint's process where it could not close: it was SIGKILLed or crashed
+(`wan_i2v.parent_death`, on Linux). That signal follows the thread that started the worker, so `start`
+must only be called from one thread that outlives every worker: the endpoint's scale loop, which stops
+the workers before it returns.
 """
 
 from __future__ import annotations
@@ -26,19 +21,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from ...parent_death import dying_with_parent
+
 log = logging.getLogger(__name__)
 
-# argv: parent pid, then the worker's command. SIGKILL, not SIGTERM: on SIGTERM the SDK first finishes
-# a running job, whose result could no longer go anywhere.
-_DIE_WITH_PARENT = """import ctypes, os, signal, sys
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(sys.argv[1]):  # the parent died before the signal was set
-    sys.exit(1)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 STOP_GRACE_S = 10.0  # an idle worker given SIGTERM exits in about a second; then SIGKILL
 
 
@@ -80,9 +66,7 @@ class WorkerPool:
             RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true",
             WAN_COLD_START_REPORT=str(self._report_path(worker_id)),
         )
-        command = [sys.executable, str(self.handler)]
-        if sys.platform.startswith("linux"):
-            command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
+        command = dying_with_parent([sys.executable, str(self.handler)])
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:  # the child keeps its own copy of the log file's descriptor
